@@ -1,0 +1,56 @@
+"""Entry point: ``python -m hubert_lit <command>``.
+
+``fit/validate/test/predict`` go to LightningCLI; the tools are plain argparse programs. Each tool lives in its
+own module exposing ``build_parser()`` and ``main(argv)``; they are imported only when called, so
+``python -m hubert_lit synth`` does not pay for importing Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+# command -> (module, one-line summary)
+TOOLS: dict[str, tuple[str, str]] = {
+    "synth": ("hubert_lit.data.synth", "synthesize the demo corpus (LibriSpeech layout) with eSpeak NG"),
+    "shard": ("hubert_lit.data.shard", "validate a LibriSpeech-layout split and write webdataset tar shards"),
+    "label": ("hubert_lit.labels.label", "k-means pseudo-labels (MFCC or a HuBERT layer) for a shard set"),
+    "export": ("hubert_lit.quant.export", "pack a binarized checkpoint (8 weights per byte) into an inference file"),
+    "profile": ("hubert_lit.profile.cli", "storage, FLOP, BOP and estimated time of a model (the paper's Table 1)"),
+}
+
+
+def _usage() -> str:
+    lines = [
+        "usage: python -m hubert_lit <command> [options]",
+        "",
+        "training (LightningCLI; --help on each):",
+    ]
+    lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
+    lines += ["", "tools (--help on each):"]
+    width = max(len(c) for c in TOOLS)
+    lines += [f"  {c.ljust(width)}  {summary}" for c, (_, summary) in TOOLS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        from hubert_lit.cli import lightning_main
+
+        return lightning_main([command, *rest])
+    if command not in TOOLS:
+        print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(TOOLS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
