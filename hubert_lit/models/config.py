@@ -1,0 +1,209 @@
+"""HubertConfig: the plain dataclass that describes a HuBERT model, and the named presets.
+
+A config round-trips through a plain dict (:meth:`HubertConfig.to_dict` / :meth:`HubertConfig.from_dict`), so a
+checkpoint stores it and rebuilds the model without YAML; ``configs/model/<name>.yaml`` holds the same dicts.
+
+Overrides (:meth:`HubertConfig.replace`, ``build_hubert(name, **overrides)``) set any top-level field by name,
+encoder fields with a nested dict (``encoder={"num_layers": 4}``, merged into the preset's encoder) or a dotted
+key (``**{"encoder.num_layers": 4}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubert_lit.models.encoders import EncoderConfig, encoder_preset
+from hubert_lit.models.frontend import EXTRACTOR_MODES, FRONTENDS
+
+
+@dataclass
+class HubertConfig:
+    """Configuration of :class:`hubert_lit.models.HubertModel` (defaults: HuBERT Base, fairseq semantics).
+
+    Front end: ``frontend`` is ``"wav2vec2"`` (7 convs) or ``"fastconv"`` (SEW WFE-C, our reading of the paper's
+    "+FastConv"); ``conv_dim`` is the width of its output (fastconv uses SEW's ``c = conv_dim / 8``);
+    ``fastconv_extra_layers`` is SEW's ``l``. ``pos_conv_kernel = 0`` leaves out the conv positional embedding
+    (encoders with relative positions). ``num_classes = 0`` builds an inference-only model (no mask embedding,
+    final projection or label embeddings).
+    """
+
+    name: str = "custom"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    num_classes: int = 100
+    # front end
+    frontend: str = "fastconv"
+    extractor_mode: str = "group_norm"
+    conv_dim: int = 512
+    fastconv_extra_layers: int = 1
+    conv_bias: bool = False
+    feature_grad_mult: float = 0.1
+    dropout_input: float = 0.1
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+    # masking
+    mask_prob: float = 0.8
+    mask_length: int = 10
+    min_masks: int = 2
+    # prediction head and loss
+    final_dim: int = 256
+    logit_temp: float = 0.1
+    pred_masked_weight: float = 1.0
+    pred_nomask_weight: float = 0.0
+    feature_pen_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, Mapping):
+            self.encoder = EncoderConfig.from_dict(dict(self.encoder))
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+        if self.extractor_mode not in EXTRACTOR_MODES:
+            raise ValueError(f"extractor_mode must be one of {EXTRACTOR_MODES}, got {self.extractor_mode!r}")
+        for name in ("num_classes", "conv_dim", "fastconv_extra_layers", "pos_conv_kernel", "min_masks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("final_dim", "mask_length", "pos_conv_groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.logit_temp <= 0:
+            raise ValueError(f"logit_temp must be > 0, got {self.logit_temp}")
+
+    @property
+    def dim(self) -> int:
+        """Encoder width."""
+        return self.encoder.dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-serialisable dict (the encoder as a nested dict)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["encoder"] = self.encoder.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HubertConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a HubertConfig dict must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown HubertConfig keys {unknown}; known keys: {sorted(known)}")
+        values = dict(data)
+        if "encoder" in values and not isinstance(values["encoder"], EncoderConfig):
+            values["encoder"] = EncoderConfig.from_dict(dict(values["encoder"]))
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HubertConfig:
+        """Load a config written by :meth:`to_yaml` (or by hand with the same keys)."""
+        import yaml
+
+        path = Path(path)
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+    def replace(self, **overrides: Any) -> HubertConfig:
+        """A copy with ``overrides`` applied (top-level names, ``encoder={...}`` or ``"encoder.<field>"``)."""
+        data = self.to_dict()
+        encoder = dict(data["encoder"])
+        for key, value in overrides.items():
+            if key.startswith("encoder."):
+                encoder[key.split(".", 1)[1]] = value
+            elif key == "encoder":
+                if isinstance(value, EncoderConfig):
+                    encoder = value.to_dict()
+                elif isinstance(value, Mapping):
+                    encoder.update(value)
+                else:
+                    raise ValueError(
+                        f"override 'encoder' must be a dict or EncoderConfig, got {type(value).__name__}"
+                    )
+            else:
+                data[key] = value
+        data["encoder"] = encoder
+        return HubertConfig.from_dict(data)
+
+
+# Tiny variants: 2-3 blocks of width 32, a fastconv front end of width 32 (SEW c=4) and a 16-frame positional
+# conv (16 frames), so a CPU training step takes milliseconds. Sparseformer-tiny uses 4-frame blocks so that short test
+# inputs are really sparse; Squeezeformer-tiny halves the frame rate for its middle block.
+_TINY_ENCODER = dict(num_layers=2, dim=32, num_heads=2, ffn_dim=64)
+_TINY_FRONTEND = dict(conv_dim=32, pos_conv_kernel=16, pos_conv_groups=4)
+_TINY_SPARSITY = dict(
+    pattern="fixed",
+    block=4,
+    num_local_blocks=4,
+    num_global_blocks=1,
+    different_layout_per_head=True,
+    num_different_global_patterns=2,
+)
+
+
+def _presets() -> dict[str, HubertConfig]:
+    """The paper's five encoders (FastConv front end by default) and a ``*_tiny`` variant of each."""
+    full = {
+        "vanilla": HubertConfig(name="vanilla", encoder=encoder_preset("hubert_base")),
+        "conformer_s": HubertConfig(
+            name="conformer_s", encoder=encoder_preset("conformer_s"), pos_conv_kernel=0
+        ),
+        "squeezeformer_xs": HubertConfig(
+            name="squeezeformer_xs", encoder=encoder_preset("squeezeformer_xs"), pos_conv_kernel=0
+        ),
+        "sparseformer_dn_s": HubertConfig(
+            name="sparseformer_dn_s", encoder=encoder_preset("sparseformer_dn_s")
+        ),
+        "sparseformer_sw_s": HubertConfig(
+            name="sparseformer_sw_s", encoder=encoder_preset("sparseformer_sw_s")
+        ),
+    }
+    tiny_encoder = {
+        "vanilla": {},
+        "conformer_s": dict(conv_kernel_size=5),
+        "squeezeformer_xs": dict(num_layers=3, conv_kernel_size=5, time_reduce_idx=1, time_recover_idx=2),
+        "sparseformer_dn_s": dict(num_layers=4, sparsity=_TINY_SPARSITY),  # deep-narrow
+        "sparseformer_sw_s": dict(dim=64, ffn_dim=128, sparsity=_TINY_SPARSITY),  # shallow-wide
+    }
+    presets = dict(full)
+    for name, cfg in full.items():
+        tiny_frontend = dict(_TINY_FRONTEND)
+        if not cfg.pos_conv_kernel:
+            tiny_frontend["pos_conv_kernel"] = 0
+        presets[f"{name}_tiny"] = cfg.replace(
+            name=f"{name}_tiny", encoder={**_TINY_ENCODER, **tiny_encoder[name]}, **tiny_frontend
+        )
+    return presets
+
+
+PRESETS: dict[str, HubertConfig] = _presets()
+
+
+def preset(name: str) -> HubertConfig:
+    """A fresh copy of the preset called ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; available: {sorted(PRESETS)}")
+    return HubertConfig.from_dict(PRESETS[name].to_dict())
+
+
+def write_preset_yamls(folder: str | Path) -> list[Path]:
+    """Write every preset to ``<folder>/<name>.yaml`` (how ``configs/model/`` is generated)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, cfg in PRESETS.items():
+        path = folder / f"{name}.yaml"
+        cfg.to_yaml(path)
+        paths.append(path)
+    return paths
