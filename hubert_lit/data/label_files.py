@@ -1,0 +1,156 @@
+"""Label-file I/O: the folder of k-means pseudo-labels that the DataModule reads.
+
+A labels folder holds ``meta.json`` (``label_rate`` 50 or 100 Hz, ``num_classes``, a free-form ``features``
+description, ...) and one ``<shard name>.labels.npz`` per input shard, where every utterance id maps to a 1-D
+integer array of labels at ``label_rate``. The ``.npz`` files are ordinary ``np.savez`` archives (one
+``<id>.npy`` member per utterance) and are written atomically, so a crashed labelling run never leaves a
+half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+META_FILE = "meta.json"
+LABELS_SUFFIX = ".labels.npz"
+SAMPLE_RATE = 16000
+SUPPORTED_LABEL_RATES = (50, 100)
+# Conv front end of HuBERT/wav2vec 2.0: receptive field 400 samples, stride 320 (50 Hz at 16 kHz).
+MODEL_FRAME_WINDOW = 400
+MODEL_FRAME_HOP = 320
+MODEL_FRAME_RATE = 50
+
+
+def expected_label_frames(num_samples: int, label_rate: int) -> int:
+    """Number of label frames for ``num_samples`` samples at 16 kHz.
+
+    50 Hz (model frames): ``floor((n - 400) / 320) + 1``; 100 Hz (Kaldi MFCC, snip_edges):
+    ``floor((n - 400) / 160) + 1``. Fewer than 400 samples give 0 frames.
+    """
+    if label_rate not in SUPPORTED_LABEL_RATES:
+        raise ValueError(f"label_rate must be one of {SUPPORTED_LABEL_RATES}, got {label_rate!r}")
+    if num_samples < MODEL_FRAME_WINDOW:
+        return 0
+    hop = SAMPLE_RATE // label_rate
+    return (num_samples - MODEL_FRAME_WINDOW) // hop + 1
+
+
+def model_frames(num_samples: int) -> int:
+    """Number of 50 Hz model frames the conv feature extractor produces for ``num_samples`` samples."""
+    return expected_label_frames(num_samples, MODEL_FRAME_RATE)
+
+
+def labels_path(label_dir: str | os.PathLike, shard_name: str) -> Path:
+    """Path of the labels file of shard ``shard_name`` (the tar stem, e.g. ``shard-000000``)."""
+    return Path(label_dir) / f"{shard_name}{LABELS_SUFFIX}"
+
+
+def validate_label_meta(meta: Mapping[str, Any], source: str = "label meta") -> dict[str, Any]:
+    """Check ``label_rate`` and ``num_classes``; return a plain dict copy. ``source`` names the file in
+    errors."""
+    if not isinstance(meta, Mapping):
+        raise ValueError(f"{source}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("label_rate", "num_classes"):
+        if key not in meta:
+            raise ValueError(f"{source}: missing required key {key!r}")
+    rate = meta["label_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_LABEL_RATES:
+        raise ValueError(f"{source}: 'label_rate' must be one of {SUPPORTED_LABEL_RATES} (Hz), got {rate!r}")
+    k = meta["num_classes"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{source}: 'num_classes' must be a positive integer, got {k!r}")
+    return dict(meta)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_label_meta(label_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
+    """Validate ``meta`` and write it as ``<label_dir>/meta.json`` (atomically). Returns the path."""
+    path = Path(label_dir) / META_FILE
+    data = validate_label_meta(meta, source=str(path))
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def load_label_meta(label_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``<label_dir>/meta.json``."""
+    path = Path(label_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"label meta file not found: {path}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return validate_label_meta(meta, source=str(path))
+
+
+def _check_label_array(values: Any, where: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{where}: labels must be a 1-D array, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{where}: labels must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+def save_shard_labels(
+    label_dir: str | os.PathLike, shard_name: str, labels: Mapping[str, np.ndarray]
+) -> Path:
+    """Write ``{utterance id: 1-D integer array}`` as ``<label_dir>/<shard_name>.labels.npz`` (atomically).
+
+    The archive is the one ``np.savez`` writes (uncompressed, one ``<id>.npy`` per utterance); it is built
+    member by member so utterance ids never clash with ``np.savez``'s own argument names.
+    """
+    path = labels_path(label_dir, shard_name)
+    checked = {}
+    for utt_id, values in labels.items():
+        if not isinstance(utt_id, str) or not utt_id or "/" in utt_id:
+            raise ValueError(f"{path}: invalid utterance id {utt_id!r}")
+        checked[utt_id] = _check_label_array(values, f"{path} [{utt_id}]")
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for utt_id, arr in checked.items():
+                with zf.open(f"{utt_id}.npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+
+    _atomic_write(path, write)
+    return path
+
+
+def load_shard_labels(label_dir: str | os.PathLike, shard_name: str) -> dict[str, np.ndarray]:
+    """Read ``<label_dir>/<shard_name>.labels.npz`` into ``{utterance id: 1-D integer array}``."""
+    path = labels_path(label_dir, shard_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file for shard {shard_name!r} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            out = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise ValueError(f"{path}: cannot read labels archive ({err})") from err
+    for utt_id, arr in out.items():
+        _check_label_array(arr, f"{path} [{utt_id}]")
+    return out
