@@ -1,0 +1,1 @@
+"""SUPERB-style evaluation: Mini-SUPERB task data (:mod:`hubert_lit.superb.data`), heads and metrics."""
