@@ -1,0 +1,96 @@
+"""Two processes as two "nodes" (gloo on 127.0.0.1, one CPU process each) run a few DDP steps through
+``python -m hubert_lit fit --config configs/trainer/ddp_cpu_2node.yaml``: both ranks must end with identical
+weights. Rank 1 alone gets a NaN batch at one step: the non-finite-step guard must skip that step on *both* ranks
+(the gradient all-reduce spreads the NaN), or the ranks would drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from _fixtures import make_tone_dataset  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_end_with_identical_weights(tmp_path):
+    shards, labels = make_tone_dataset(tmp_path / "data", speakers=2, utterances=8, shard_size=4, seed=0)
+    dump = tmp_path / "weights"
+    argv = [
+        sys.executable,
+        "-m",
+        "hubert_lit",
+        "fit",
+        "--config",
+        str(ROOT / "configs/trainer/ddp_cpu_2node.yaml"),
+        "--model.preset=vanilla_tiny",
+        "--model.lr=2e-3",
+        "--model.warmup_steps=1",
+        f"--data.train_shards={shards}",
+        f"--data.train_labels={labels}",
+        "--data.batch_size=2",
+        "--data.min_sample_size=8000",
+        "--data.num_workers=0",
+        "--trainer.max_steps=6",
+        "--trainer.log_every_n_steps=1",
+        f"--run.root={tmp_path / 'runs'}",
+        "--run.name=ddp",
+        "--run.loggers=[csv]",
+        "--checkpoint.every_n_train_steps=3",
+        '--trainer.callbacks+={"class_path": "_fixtures.PoisonSteps", "init_args": {"steps": [2], "rank": 1}}',
+        f'--trainer.callbacks+={{"class_path": "_fixtures.DumpFinalWeights", "init_args": {{"out_dir": "{dump}"}}}}',
+    ]
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NODE_RANK": str(node),
+            "WORLD_SIZE": "2",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}",
+            "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "disabled",
+        }
+        procs.append(
+            subprocess.Popen(
+                argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outputs.append(out)
+    for node, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"node {node} failed:\n{out[-3000:]}"
+    r0 = torch.load(dump / "rank0.pt", weights_only=True)
+    r1 = torch.load(dump / "rank1.pt", weights_only=True)
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["global_step"] == r1["global_step"] == 6
+    assert r0["skipped"] == r1["skipped"] == 1  # the NaN on rank 1 skipped the step everywhere
+    for key, value in r0["state_dict"].items():
+        assert torch.equal(value, r1["state_dict"][key]), key
+    # the checkpoint (written by rank 0) holds every rank's RNG states
+    ckpt = torch.load(tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert len(ckpt["hubert_lit_rng_states"]) == 2
