@@ -1,0 +1,680 @@
+"""``python -m hubert_lit label``: k-means pseudo-labels (acoustic units) for a shard folder.
+
+Two streaming passes over the shards, never holding more than the fit sample in memory:
+
+1. (skipped with ``--centroids``) features of a seeded sample of utterances, chosen by a hash of the utterance
+   id and the seed (so the sample does not depend on how shards are split across processes) and capped at
+   ``--max-fit-frames``; rank 0 gathers the sample in canonical order, fits k-means, broadcasts the centroids;
+2. every utterance is assigned to its nearest centroid; each process writes the label files of its shards.
+
+The output follows the label-file format of :mod:`hubert_lit.data.label_files`: ``meta.json``,
+``<shard name>.labels.npz`` per input shard, plus ``centroids.npy``. When the shards carry phone alignments,
+phone purity, cluster purity and PNMI are printed and stored in ``meta.json``. A run with N processes writes the
+same files as a single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hubert_lit.data.label_files import (
+    LABELS_SUFFIX,
+    META_FILE,
+    expected_label_frames,
+    load_label_meta,
+    save_label_meta,
+    save_shard_labels,
+)
+from hubert_lit.data.shardio import SAMPLE_RATE, ShardFormatError, ShardIndex, load_index
+from hubert_lit.labels.distributed import DistContext
+from hubert_lit.labels.features import (
+    DEFAULT_CONTEXT_SAMPLES,
+    DEFAULT_MAX_CHUNK_SAMPLES,
+    SHARD_ITEM,
+    FeatureExtractor,
+    HubertLayerFeatures,
+    MfccFeatures,
+    ReadError,
+    iter_shard_utterances,
+    utterance_ids_by_shard,
+)
+from hubert_lit.labels.kmeans import Assigner, faiss_num_gpus, fit_kmeans
+from hubert_lit.labels.quality import PhoneClusterCounts, format_quality, frame_phone_ids, quality_report
+
+LABELS_FORMAT = "hubert-lit-labels/1"
+CENTROIDS_FILE = "centroids.npy"
+# Features of the same kind agree on these keys; centroids fitted on one cannot label the other.
+FEATURE_IDENTITY_KEYS = ("type", "dim", "frame_rate", "layer", "checkpoint_sha256")
+MAX_ERRORS_PRINTED = 10
+
+
+class LabelError(Exception):
+    """A problem with the command line or the inputs, reported without a traceback."""
+
+
+# --------------------------------------------------------------------------------------------- fit sample
+
+
+def utterance_hash(utt_id: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the utterance id and the seed (independent of shard order or process)."""
+    digest = hashlib.sha256(f"{seed}\0{utt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class FitSelection:
+    """Utterances of the k-means fit sample, in the canonical order their features are concatenated."""
+
+    ids: tuple[str, ...]
+    planned_frames: int
+    candidates: int  # utterances the fraction selected before the frame cap
+    capped: bool
+
+
+def select_fit_utterances(
+    index: ShardIndex, fraction: float, seed: int, max_frames: int, label_rate: int
+) -> FitSelection:
+    """Pick utterances whose hash is below ``fraction``; keep those with the lowest hashes up to ``max_frames``.
+
+    The order (hash, then id) is also the order in which the fit features are concatenated, so the fit is the
+    same however the shards are split across processes.
+    """
+    chosen = sorted(
+        (h, u.id, expected_label_frames(u.num_samples, label_rate))
+        for u in index.utterances
+        if (h := utterance_hash(u.id, seed)) < fraction
+    )
+    ids, total = [], 0
+    for _, utt_id, frames in chosen:
+        if total + frames > max_frames:
+            break
+        ids.append(utt_id)
+        total += frames
+    return FitSelection(
+        ids=tuple(ids), planned_frames=total, candidates=len(chosen), capped=len(ids) < len(chosen)
+    )
+
+
+# --------------------------------------------------------------------------------------------- per-rank work
+
+
+@dataclass
+class RankReport:
+    """What one process labelled and could not read; merged on rank 0."""
+
+    utterances: int = 0
+    frames: int = 0
+    samples: int = 0
+    unreadable: list[ReadError] = field(default_factory=list)
+    bad_alignments: list[ReadError] = field(default_factory=list)
+    counts: PhoneClusterCounts | None = None
+
+
+class Progress:
+    """tqdm bar on rank 0 showing utterances/s and hours of audio per second."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = tqdm(
+            total=total, desc=desc, unit="utt", disable=not enabled, mininterval=1.0, file=sys.stderr
+        )
+        self.samples = 0
+        self.start = time.perf_counter()
+
+    def update(self, num_samples: int) -> None:
+        self.samples += num_samples
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(
+            f"{self.samples / SAMPLE_RATE / 3600 / elapsed:.3f} audio h/s", refresh=False
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def shards_of_rank(index: ShardIndex, ctx: DistContext) -> list[str]:
+    """Shard names this process handles: every ``world_size``-th, starting at its rank."""
+    return index.shard_names[ctx.rank :: ctx.world_size]
+
+
+def gather_fit_features(
+    index: ShardIndex, shards: list[str], extractor: FeatureExtractor, wanted: set[str], show: bool
+) -> dict[str, np.ndarray]:
+    """Pass 1: features of the fit-sample utterances in ``shards`` (read errors are reported in pass 2)."""
+    listed = utterance_ids_by_shard(index)
+    progress = Progress(sum(1 for s in shards for i in listed[s] if i in wanted), "fit sample", show)
+    features: dict[str, np.ndarray] = {}
+    ignored: list[ReadError] = []
+    for shard in shards:
+        for sample in iter_shard_utterances(index.shard_path(shard), shard, listed[shard], ignored, wanted):
+            features[sample.id] = extractor(sample.audio)
+            progress.update(len(sample.audio))
+    progress.close()
+    return features
+
+
+def label_shards(
+    index: ShardIndex,
+    shards: list[str],
+    extractor: FeatureExtractor,
+    assigner: Assigner,
+    out_dir: Path,
+    label_dtype: np.dtype,
+    show: bool,
+) -> RankReport:
+    """Pass 2: label every utterance of ``shards``, write one labels file per shard, count phone/cluster pairs."""
+    report = RankReport(counts=PhoneClusterCounts(assigner.num_classes))
+    listed = utterance_ids_by_shard(index)
+    progress = Progress(sum(len(listed[s]) for s in shards), "labelling", show)
+    for shard in shards:
+        labels: dict[str, np.ndarray] = {}
+        for sample in iter_shard_utterances(index.shard_path(shard), shard, listed[shard], report.unreadable):
+            codes = assigner(extractor(sample.audio))
+            expected = expected_label_frames(len(sample.audio), extractor.label_rate)
+            if len(codes) != expected:
+                raise RuntimeError(
+                    f"{sample.id}: {len(codes)} feature frames for {len(sample.audio)} samples, expected {expected}"
+                )
+            labels[sample.id] = codes.astype(label_dtype)
+            report.utterances += 1
+            report.frames += len(codes)
+            report.samples += len(sample.audio)
+            phones = sample.meta.get("phones")
+            if phones is not None:
+                try:
+                    names, phone_ids = frame_phone_ids(
+                        phones, len(codes), extractor.label_rate, where=f"{sample.id}: phones"
+                    )
+                except ValueError as err:
+                    report.bad_alignments.append(ReadError(shard, sample.id, str(err)))
+                else:
+                    report.counts.add_ids(names, phone_ids, codes)
+            progress.update(len(sample.audio))
+        save_shard_labels(out_dir, shard, labels)
+    progress.close()
+    return report
+
+
+def merge_reports(reports: Iterable[RankReport], num_classes: int) -> RankReport:
+    merged = RankReport(counts=PhoneClusterCounts(num_classes))
+    for r in reports:
+        merged.utterances += r.utterances
+        merged.frames += r.frames
+        merged.samples += r.samples
+        merged.unreadable += r.unreadable
+        merged.bad_alignments += r.bad_alignments
+        merged.counts.merge([r.counts])
+    key = lambda e: (e.shard, e.item != SHARD_ITEM, e.item, e.reason)  # noqa: E731  (shard-wide errors first)
+    merged.unreadable.sort(key=key)
+    merged.bad_alignments.sort(key=key)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hubert_lit label",
+        description=(
+            "Discover acoustic units: fit k-means on MFCC or HuBERT-layer features of a seeded sample of "
+            "utterances, then label every utterance of a shard folder. Writes meta.json, centroids.npy and one "
+            "<shard>.labels.npz per shard. Run under torchrun (WORLD_SIZE > 1) to split the shards across "
+            "processes; the output is identical to a single-process run."
+        ),
+    )
+    p.add_argument(
+        "--shards",
+        type=Path,
+        required=True,
+        help="shard folder (index.json + shard-*.tar) written by `python -m hubert_lit shard`",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="labels folder to write (meta.json, centroids.npy, <shard name>.labels.npz)",
+    )
+    p.add_argument(
+        "--features",
+        choices=("mfcc", "hubert"),
+        default=None,
+        help="mfcc: 39-dim MFCC+deltas at 100 Hz (iteration 1); hubert: a transformer layer of "
+        "--checkpoint at 50 Hz. Required unless --centroids gives it",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="pretraining checkpoint (.ckpt) or model file (hubert_lit.models.save_model) whose layer is "
+        "clustered (--features hubert)",
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="transformer layer whose output is clustered (0 = encoder input); default 6, or the "
+        "layer recorded with --centroids",
+    )
+    p.add_argument(
+        "--clusters",
+        type=int,
+        default=None,
+        help="number of k-means clusters k (e.g. 100 for MFCC, 500 for HuBERT features); "
+        "required unless --centroids",
+    )
+    p.add_argument(
+        "--centroids",
+        type=Path,
+        default=None,
+        help="labels folder of an earlier run (e.g. train) whose centroids.npy labels these shards "
+        "(dev/test) without fitting; its features settings must match",
+    )
+    p.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of utterances in the k-means fit sample, chosen by a seeded hash of the id (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-fit-frames",
+        type=int,
+        default=2_000_000,
+        help="cap on the fit sample (frames); the sample is held in memory, frames x dim x 4 bytes "
+        "(twice that on rank 0 while gathering). Utterances over the cap are left out and the "
+        "run says so (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the fit sample and the k-means initialisation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-iter", type=int, default=100, help="maximum Lloyd iterations per stage (default: %(default)s)"
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="stop a Lloyd stage when 5 iterations (2 when refining after the coarse stage) lower the objective "
+        "by less than this fraction (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n-init",
+        type=int,
+        default=1,
+        help="k-means restarts (seeds seed, seed+1, ...); best kept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--init-size",
+        type=int,
+        default=30_000,
+        help="points of the fit sample used for the k-means++ initialisation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--coarse-size",
+        type=int,
+        default=50_000,
+        help="when the fit sample has more than twice max(this, 100 k) frames, Lloyd first converges on a "
+        "subsample of that size, then refines on every frame (0: always all frames) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device for HuBERT features (default: cuda if available, else cpu; under "
+        "torchrun each process takes cuda:LOCAL_RANK)",
+    )
+    p.add_argument(
+        "--max-chunk-seconds",
+        type=float,
+        default=DEFAULT_MAX_CHUNK_SAMPLES / SAMPLE_RATE,
+        help="longer utterances go through the model in chunks of this length (--features hubert) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--context-seconds",
+        type=float,
+        default=DEFAULT_CONTEXT_SAMPLES / SAMPLE_RATE,
+        help="extra audio on each side of a chunk, whose frames are dropped (--features hubert) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the labels, meta.json and centroids.npy of an existing labels folder",
+    )
+    p.add_argument(
+        "--dist-timeout-minutes",
+        type=float,
+        default=240.0,
+        help="how long processes wait for each other (rank 0 fits k-means while the others wait) (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def load_centroids(label_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """``centroids.npy`` and ``meta.json`` of an earlier labelling run."""
+    path = label_dir / CENTROIDS_FILE
+    if not path.is_file():
+        raise LabelError(f"--centroids {label_dir}: {path} not found (not a labels folder of this tool?)")
+    try:
+        meta = load_label_meta(label_dir)
+        centroids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise LabelError(f"--centroids {label_dir}: {err}") from err
+    if centroids.ndim != 2 or centroids.dtype != np.float32 or centroids.shape[0] != meta["num_classes"]:
+        raise LabelError(
+            f"{path}: expected float32 (k={meta['num_classes']}, dim) centroids, got {centroids.dtype} "
+            f"{centroids.shape}"
+        )
+    if "features" not in meta or "kmeans" not in meta:
+        raise LabelError(f"{label_dir / META_FILE}: no 'features'/'kmeans' record; not written by this tool")
+    return centroids, meta
+
+
+def existing_label_files(out_dir: Path) -> list[Path]:
+    """The files of an earlier labelling run in ``out_dir`` (what --overwrite replaces)."""
+    if not out_dir.is_dir():
+        return []
+    names = [META_FILE, CENTROIDS_FILE]
+    return sorted(p for p in out_dir.iterdir() if p.name in names or p.name.endswith(LABELS_SUFFIX))
+
+
+def resolve_device(requested: str | None, features: str) -> torch.device:
+    if features != "hubert":
+        return torch.device("cpu")
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def check_args(args: argparse.Namespace, source_meta: dict[str, Any] | None) -> None:
+    """Fill features/layer/clusters from --centroids and reject inconsistent or out-of-range options."""
+    if source_meta is not None:
+        source_features = source_meta["features"]
+        if args.features is None:
+            args.features = source_features.get("type")
+        if args.features == "hubert" and args.layer is None:
+            args.layer = source_features.get("layer")
+        if args.clusters is not None and args.clusters != source_meta["num_classes"]:
+            raise LabelError(
+                f"--clusters {args.clusters} but {args.centroids} has {source_meta['num_classes']}"
+            )
+        args.clusters = source_meta["num_classes"]
+    if args.features not in ("mfcc", "hubert"):
+        raise LabelError("--features mfcc|hubert is required (or --centroids of an earlier run)")
+    if args.clusters is None or args.clusters < 1:
+        raise LabelError(f"--clusters must be a positive integer, got {args.clusters}")
+    if args.features == "hubert":
+        if args.checkpoint is None:
+            raise LabelError("--features hubert needs --checkpoint")
+        if args.layer is None:
+            args.layer = 6
+    elif args.checkpoint is not None or args.layer is not None:
+        raise LabelError("--checkpoint and --layer only apply to --features hubert")
+    if not 0.0 < args.fit_fraction <= 1.0:
+        raise LabelError(f"--fit-fraction must be in (0, 1], got {args.fit_fraction}")
+    if args.max_fit_frames < args.clusters:
+        raise LabelError(f"--max-fit-frames {args.max_fit_frames} is below --clusters {args.clusters}")
+    if args.centroids is not None and args.centroids.resolve() == args.out.resolve():
+        raise LabelError("--centroids and --out are the same folder")
+
+
+def build_extractor(args: argparse.Namespace, device: torch.device) -> FeatureExtractor:
+    if args.features == "mfcc":
+        return MfccFeatures()
+    try:
+        return HubertLayerFeatures(
+            args.checkpoint,
+            args.layer,
+            device=device,
+            max_chunk_samples=int(round(args.max_chunk_seconds * SAMPLE_RATE)),
+            context_samples=int(round(args.context_seconds * SAMPLE_RATE)),
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise LabelError(str(err)) from err
+
+
+def check_same_features(extractor: FeatureExtractor, source_meta: dict[str, Any], source: Path) -> None:
+    ours, theirs = extractor.description(), source_meta["features"]
+    for key in FEATURE_IDENTITY_KEYS:
+        if ours.get(key) != theirs.get(key):
+            raise LabelError(
+                f"--centroids {source}: fitted on features with {key}={theirs.get(key)!r}, but this run computes "
+                f"{key}={ours.get(key)!r}"
+            )
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def fit_on_rank0(
+    args: argparse.Namespace, gathered: list[dict[str, np.ndarray]], selection: FitSelection, dim: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Concatenate the gathered fit features in canonical order and fit k-means."""
+    features: dict[str, np.ndarray] = {}
+    for part in gathered:
+        features.update(part)
+    ids = [i for i in selection.ids if i in features]
+    frames = sum(features[i].shape[0] for i in ids)
+    if frames < args.clusters:
+        raise LabelError(
+            f"the fit sample has {frames} frames ({len(ids)} utterances), fewer than --clusters {args.clusters}; "
+            "raise --fit-fraction"
+        )
+    x = np.empty((frames, dim), dtype=np.float32)
+    row = 0
+    for i in ids:
+        x[row : row + features[i].shape[0]] = features[i]
+        row += features[i].shape[0]
+        del features[i]
+    print(
+        f"fitting k-means: k={args.clusters} on {frames} frames x {dim} dims from {len(ids)} utterances "
+        f"(faiss {faiss.__version__}, {'GPU' if faiss_num_gpus() else 'CPU'})",
+        flush=True,
+    )
+    result = fit_kmeans(
+        x,
+        args.clusters,
+        seed=args.seed,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        n_init=args.n_init,
+        init_size=args.init_size,
+        coarse_size=args.coarse_size,
+    )
+    info = {
+        "library": f"faiss {faiss.__version__} ({'GPU' if faiss_num_gpus() else 'CPU'})",
+        "init": "greedy k-means++",
+        "seed": args.seed,
+        "n_init": args.n_init,
+        "init_size": args.init_size,
+        "coarse_size": args.coarse_size,
+        "coarse_iterations": result.coarse_iterations,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "iterations": result.iterations,
+        "inertia_per_frame": result.inertia,
+        "fit_fraction": args.fit_fraction,
+        "max_fit_frames": args.max_fit_frames,
+        "fit_candidates": selection.candidates,
+        "fit_capped": selection.capped,
+        "fit_utterances": len(ids),
+        "fit_frames": frames,
+        "centroids_from": None,
+    }
+    return result.centroids, info
+
+
+def run(
+    args: argparse.Namespace,
+    ctx: DistContext,
+    extractor: FeatureExtractor,
+    index: ShardIndex,
+    source: tuple[np.ndarray, dict[str, Any]] | None,
+) -> int:
+    out_dir: Path = args.out
+    show = ctx.is_main and not args.no_progress
+    shards = shards_of_rank(index, ctx)
+    label_rate = extractor.label_rate
+
+    if ctx.is_main:
+        for path in existing_label_files(out_dir):
+            path.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+
+    if source is not None:
+        centroids, source_meta = source
+        kmeans_info = dict(source_meta["kmeans"], centroids_from=str(args.centroids.resolve()))
+    else:
+        selection = select_fit_utterances(
+            index, args.fit_fraction, args.seed, args.max_fit_frames, label_rate
+        )
+        if ctx.is_main and selection.capped:
+            print(
+                f"fit sample capped by --max-fit-frames {args.max_fit_frames}: {len(selection.ids)} of "
+                f"{selection.candidates} selected utterances kept",
+                flush=True,
+            )
+        local = gather_fit_features(index, shards, extractor, set(selection.ids), show)
+        gathered = ctx.gather(local)
+        del local
+        outcome: tuple[np.ndarray, dict[str, Any]] | LabelError | None = None
+        if ctx.is_main:
+            try:
+                outcome = fit_on_rank0(args, gathered, selection, extractor.dim)
+            except LabelError as err:
+                outcome = err
+        del gathered
+        outcome = ctx.broadcast(outcome)
+        if isinstance(outcome, LabelError):
+            raise outcome
+        centroids, kmeans_info = outcome
+        if ctx.is_main:
+            print(
+                f"inertia {kmeans_info['inertia_per_frame']:.4f} per frame after "
+                f"{kmeans_info['coarse_iterations']} coarse + {kmeans_info['iterations']} full Lloyd iterations",
+                flush=True,
+            )
+    if ctx.is_main:
+        np.save(out_dir / CENTROIDS_FILE, centroids)
+
+    assigner = Assigner(centroids, gpu_device=ctx.local_rank)
+    label_dtype = np.dtype(np.int16 if args.clusters <= np.iinfo(np.int16).max else np.int32)
+    mine = label_shards(index, shards, extractor, assigner, out_dir, label_dtype, show)
+    reports = ctx.gather(mine)
+    if ctx.is_main:
+        merged = merge_reports(reports, args.clusters)
+        quality = quality_report(merged.counts)
+        meta = {
+            "format": LABELS_FORMAT,
+            "label_rate": label_rate,
+            "num_classes": args.clusters,
+            "label_dtype": label_dtype.name,
+            "features": extractor.description(),
+            "kmeans": kmeans_info,
+            "source": {
+                "shards": str(args.shards.resolve()),
+                "num_shards": len(index.shards),
+                "num_utterances": index.num_utterances,
+            },
+            "labelled": {
+                "utterances": merged.utterances,
+                "frames": merged.frames,
+                "audio_hours": merged.samples / SAMPLE_RATE / 3600,
+            },
+            "unreadable": {
+                "count": len(merged.unreadable),
+                "items": [e.to_dict() for e in merged.unreadable],
+            },
+            "bad_alignments": {
+                "count": len(merged.bad_alignments),
+                "items": [e.to_dict() for e in merged.bad_alignments],
+            },
+            "quality": quality,
+        }
+        save_label_meta(out_dir, meta)
+        print(
+            f"labelled {merged.utterances} utterances ({merged.frames} frames at {label_rate} Hz, "
+            f"{merged.samples / SAMPLE_RATE / 3600:.3f} h) into {out_dir}",
+            flush=True,
+        )
+        print_problems("read error(s); the utterances named are not labelled", merged.unreadable)
+        print_problems(
+            "unusable phone alignment(s); those utterances are labelled but left out of the quality figures",
+            merged.bad_alignments,
+        )
+        if quality is not None:
+            print(f"quality vs phone alignments: {format_quality(quality)}", flush=True)
+        else:
+            print(
+                "no phone alignments in the shards: phone purity / cluster purity / PNMI not computed",
+                flush=True,
+            )
+    ctx.barrier()
+    return 0
+
+
+def print_problems(title: str, problems: list[ReadError]) -> None:
+    if not problems:
+        return
+    print(f"WARNING: {len(problems)} {title}:", file=sys.stderr)
+    for e in problems[:MAX_ERRORS_PRINTED]:
+        print(f"  {e.shard} {e.item}: {e.reason}", file=sys.stderr)
+    if len(problems) > MAX_ERRORS_PRINTED:
+        print(
+            f"  ... and {len(problems) - MAX_ERRORS_PRINTED} more (all listed in meta.json)", file=sys.stderr
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        source = load_centroids(args.centroids) if args.centroids is not None else None
+        check_args(args, source[1] if source else None)
+        if existing_label_files(args.out) and not args.overwrite:
+            raise LabelError(
+                f"{args.out} already holds labels (meta.json / *.labels.npz / centroids.npy); "
+                "pass --overwrite to replace them"
+            )
+        index = load_index(args.shards)
+        if not index.shards:
+            raise LabelError(f"{args.shards}: index.json lists no shards")
+        device = resolve_device(args.device, args.features)
+    except (LabelError, ShardFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        ctx = DistContext.from_env(use_cuda=device.type == "cuda", timeout_minutes=args.dist_timeout_minutes)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        if device.type == "cuda" and ctx.initialized and args.device is None:
+            device = torch.device("cuda", ctx.local_rank)
+        extractor = build_extractor(args, device)
+        if source is not None:
+            check_same_features(extractor, source[1], args.centroids)
+        return run(args, ctx, extractor, index, source)
+    except LabelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
