@@ -312,6 +312,9 @@ def save_model(model: HubertModel, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": MODEL_FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict()}
+    from hubert_lit.quant.binarize import quant_spec_entry  # lazy: quant imports the model modules
+
+    payload.update(quant_spec_entry(model))  # a binarized model also stores its QuantSpec
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -342,8 +345,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Hu
             raise ValueError(f"{path}: {MODEL_FORMAT} file without 'config' or 'state_dict'")
         config = HubertConfig.from_dict(payload["config"])
         model = HubertModel(config)
+        from hubert_lit.quant.binarize import apply_stored_spec
+
+        apply_stored_spec(model, payload.get("quant_spec"))  # binarized: rebuild the quantized layers first
         model.load_state_dict(payload["state_dict"])
         return model.eval()
+    from hubert_lit.quant.export import PACKED_FORMAT, model_from_packed
+
+    if isinstance(payload, dict) and payload.get("format") == PACKED_FORMAT:
+        return model_from_packed(payload, str(path))
     found = (
         payload.get("format", sorted(payload)[:8]) if isinstance(payload, dict) else type(payload).__name__
     )
