@@ -1,0 +1,362 @@
+"""`make demo`: the pretraining pipeline end to end on a synthetic corpus, on CPU, in a few minutes.
+
+Stages (each prints the command it runs; a stage whose output already exists is skipped, so the demo can be
+rerun after an interruption):
+
+1. synth      python -m hubert_lit synth      -> data/demo/LibriSpeech/{train,dev,test}
+2. shard      python -m hubert_lit shard      -> data/demo/shards/{train,dev}
+3. label it1  python -m hubert_lit label      MFCC k-means -> data/demo/labels/mfcc/{train,dev}
+4. fit it1    python -m hubert_lit fit --config configs/demo.yaml            -> runs/demo/it1
+5. label it2  python -m hubert_lit label --features hubert (layer of it1)     -> data/demo/labels/it1/{train,dev}
+6. fit it2    python -m hubert_lit fit --config configs/demo.yaml --run.name it2 ... -> runs/demo/it2
+7. binarize   python -m hubert_lit fit --config configs/distill/demo_w1a1.yaml   BiT W1A1 student -> runs/demo/bq_w1a1
+   export     python -m hubert_lit export                                      packed 1-bit file
+8. profile    python -m hubert_lit profile                                     storage/FLOP/BOP of both models
+9. evaluate   python -m hubert_lit superb-data + evaluate (KS, SID, PR)        -> runs/demo/superb
+
+Stage budgets (corpus size, clusters, steps, wall-clock caps) live in configs/demo.yaml (`demo:` and `trainer:`).
+Finally tables show masked accuracy at the start and end of each iteration (and of the binarized student next to
+its teacher), training throughput (audio seconds per second), the efficiency profile, the quick evaluation, and
+where the checkpoints, logs and configs are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = "configs/demo.yaml"
+
+
+def run(cmd: list[str], timings: dict[str, float], stage: str) -> None:
+    """Print and run ``python -m hubert_lit ...``; stop the demo if it fails."""
+    shown = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
+    print(f"\n[{stage}] $ {shown}", flush=True)
+    start = time.perf_counter()
+    # One intra-op thread per process unless the user chose otherwise: the data-loading worker takes the other
+    # core, and OpenMP pools (torch, faiss) spinning against each other make 2-thread runs on a busy 2-core box
+    # an order of magnitude slower.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"demo: stage {stage!r} failed (exit status {proc.returncode}); see the messages above")
+
+
+def skip(stage: str, output: Path) -> bool:
+    if output.exists():
+        print(f"\n[{stage}] skipped: {output} exists", flush=True)
+        return True
+    return False
+
+
+def hubert(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hubert_lit", *args]
+
+
+def latest_metrics(run_dir: Path) -> Path | None:
+    versions = sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    files = [v / "metrics.csv" for v in versions if (v / "metrics.csv").is_file()]
+    return files[-1] if files else None
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """metric name -> [(step, value)] over every CSV version of the run (a resumed run adds a version)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    versions = sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    for version in versions:
+        path = version / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    if key not in ("step", "epoch") and value not in ("", None):
+                        series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
+
+
+def mean_of(points: list[tuple[int, float]]) -> float:
+    return sum(v for _, v in points) / max(len(points), 1)
+
+
+def summarize(name: str, run_dir: Path) -> dict[str, str]:
+    m = read_metrics(run_dir)
+    acc = m.get("train/masked_acc", [])
+    val = m.get("val/masked_acc", [])
+    speed = sorted(v for _, v in m.get("train/audio_sec_per_sec", []))
+    window = max(1, len(acc) // 10)  # mean over the first / last tenth of the logged steps
+    return {
+        "iteration": name,
+        "steps": str(acc[-1][0] + 1) if acc else "-",
+        "train masked acc start": f"{mean_of(acc[:window]):.3f}" if acc else "-",
+        "train masked acc end": f"{mean_of(acc[-window:]):.3f}" if acc else "-",
+        "val masked acc first/last": f"{val[0][1]:.3f} / {val[-1][1]:.3f}" if val else "-",
+        "audio s/s (median)": f"{speed[len(speed) // 2]:.0f}" if speed else "-",
+    }
+
+
+def print_student_table(run_dir: Path) -> None:
+    """Binarized student next to its full-precision teacher (validation masked accuracy, same masks)."""
+    m = read_metrics(run_dir)
+    student, teacher = m.get("val/student_masked_acc", []), m.get("val/teacher_masked_acc", [])
+    if not student or not teacher:
+        return
+    print(f"\nBiT W1A1 student ({run_dir}): val masked accuracy")
+    print_table(
+        [
+            {
+                "model": "teacher (it2, FP32)",
+                "first": f"{teacher[0][1]:.3f}",
+                "last": f"{teacher[-1][1]:.3f}",
+            },
+            {"model": "student (W1A1)", "first": f"{student[0][1]:.3f}", "last": f"{student[-1][1]:.3f}"},
+        ]
+    )
+
+
+def print_eval_table(out: Path, run_names: list[str]) -> None:
+    """The evaluation rows written by ``evaluate`` (``<out>/<run>.csv``), side by side (tasks that ran only)."""
+    rows = []
+    for name in run_names:
+        path = out / f"{name}.csv"
+        if path.is_file():
+            with open(path) as f:
+                rows.extend(csv.DictReader(f))
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k != "checkpoint" and any(r.get(k) for r in rows)]
+    print(f"\nquick evaluation ({out}; synthetic tasks, not comparable with SUPERB):")
+    print_table([{k: r.get(k) or "" for k in keys} for r in rows])
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in keys))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=DEMO_CONFIG, help="demo config (default %(default)s)")
+    args = parser.parse_args(argv)
+    with open(ROOT / args.config) as f:
+        cfg = yaml.safe_load(f)
+    demo, run_cfg = cfg["demo"], cfg["run"]
+    os.chdir(ROOT)  # commands use paths relative to the repository root, as a user would type them
+    data = Path(demo["data_dir"])
+    runs = Path(run_cfg["root"])
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    # 1. corpus
+    corpus = data / "LibriSpeech"
+    if not skip("synth", corpus / "SPEAKERS.TXT"):
+        s = demo["synth"]
+        run(
+            hubert(
+                "synth",
+                "--out",
+                str(data),
+                "--speakers",
+                str(s["speakers"]),
+                "--utterances",
+                str(s["utterances"]),
+                "--seed",
+                str(s["seed"]),
+                "--overwrite",
+            ),
+            timings,
+            "synth",
+        )
+    # 2. shards
+    for split in ("train", "dev"):
+        out = data / "shards" / split
+        if not skip("shard", out / "index.json"):
+            run(
+                hubert(
+                    "shard",
+                    "--root",
+                    str(corpus / split),
+                    "--out",
+                    str(out),
+                    "--shard-size",
+                    str(demo["shard"]["shard_size"]),
+                    "--overwrite",
+                ),
+                timings,
+                "shard",
+            )
+
+    # 3-6. two iterations of labels + pretraining
+    it1_ckpt = runs / run_cfg["name"] / "checkpoints" / "last.ckpt"
+    iterations = [
+        ("it1", demo["label_it1"], data / "labels" / "mfcc", []),
+        ("it2", demo["label_it2"], data / "labels" / "it1", None),
+    ]
+    for name, lab, label_root, _ in iterations:
+        train_labels, dev_labels = label_root / "train", label_root / "dev"
+        if not skip(f"label {name}", dev_labels / "meta.json"):
+            extra = (
+                ["--checkpoint", str(it1_ckpt), "--layer", str(lab["layer"])]
+                if lab["features"] == "hubert"
+                else []
+            )
+            run(
+                hubert(
+                    "label",
+                    "--shards",
+                    str(data / "shards" / "train"),
+                    "--out",
+                    str(train_labels),
+                    "--features",
+                    lab["features"],
+                    "--clusters",
+                    str(lab["clusters"]),
+                    "--fit-fraction",
+                    str(lab["fit_fraction"]),
+                    "--overwrite",
+                    "--no-progress",
+                    *extra,
+                ),
+                timings,
+                f"label {name}",
+            )
+            run(
+                hubert(
+                    "label",
+                    "--shards",
+                    str(data / "shards" / "dev"),
+                    "--out",
+                    str(dev_labels),
+                    "--centroids",
+                    str(train_labels),
+                    "--overwrite",
+                    "--no-progress",
+                    *extra,
+                ),
+                timings,
+                f"label {name}",
+            )
+        run_dir = runs / name
+        if not skip(f"fit {name}", run_dir / "DONE"):
+            fit = ["fit", "--config", args.config, "--run.name", name, "--ckpt_path", "last"]
+            if name == "it2":
+                fit += [
+                    "--data.train_labels",
+                    str(train_labels),
+                    "--data.val_labels",
+                    str(dev_labels),
+                    "--model.num_classes",
+                    str(lab["clusters"]),
+                ]
+                fit += [f"--{key}={value}" for key, value in demo["it2"].items()]
+            run(hubert(*fit), timings, f"fit {name}")
+            (run_dir / "DONE").write_text("finished\n")
+
+    # 7. BiT W1A1 student of the iteration-2 model, and its packed export
+    bq = demo["binarize"]
+    bq_dir = runs / bq["run_name"]
+    it2_ckpt = runs / "it2" / "checkpoints" / "last.ckpt"
+    if not skip("binarize", bq_dir / "DONE"):
+        run(
+            hubert("fit", "--config", bq["config"], f"--model.teacher={it2_ckpt}", "--ckpt_path", "last"),
+            timings,
+            "binarize",
+        )
+        (bq_dir / "DONE").write_text("finished\n")
+    packed = bq_dir / "model.packed.pt"
+    if not skip("export", packed):
+        run(
+            hubert("export", "--checkpoint", str(bq_dir / "checkpoints" / "last.ckpt"), "--out", str(packed)),
+            timings,
+            "export",
+        )
+
+    # 8. efficiency profile of the full-precision and the binarized model
+    seconds = str(demo["profile"]["seconds"])
+    for ckpt in (it2_ckpt, packed):
+        run(
+            hubert("profile", "--checkpoint", str(ckpt), "--seconds", seconds, "--runs", "3"),
+            timings,
+            "profile",
+        )
+
+    # 9. quick SUPERB-style evaluation: KS, SID and PR with one learning rate each
+    ev = demo["evaluate"]
+    superb_data = data / "superb"
+    if not skip("superb-data", superb_data / "sid" / "meta.json"):
+        run(
+            hubert("superb-data", "--out", str(superb_data), "--tasks", ev["tasks"], "--scale", ev["scale"]),
+            timings,
+            "superb-data",
+        )
+    eval_out = runs / "superb"
+    lrs = [f"{task}={lr}" for task, lr in ev["lrs"].items()]
+    for run_name, ckpt, extra in (
+        ("demo_it2", it2_ckpt, []),
+        ("demo_bq_w1a1", packed, []),
+        ("demo_random_init", it2_ckpt, ["--random-init"]),
+    ):
+        if not skip(f"evaluate {run_name}", eval_out / f"{run_name}.json"):
+            run(
+                hubert(
+                    "evaluate",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--data",
+                    str(superb_data),
+                    "--tasks",
+                    ev["tasks"],
+                    "--max-steps",
+                    str(ev["max_steps"]),
+                    "--lrs",
+                    *lrs,
+                    "--run-name",
+                    run_name,
+                    "--out",
+                    str(eval_out),
+                    "--no-progress",
+                    *extra,
+                ),
+                timings,
+                "evaluate",
+            )
+
+    total = time.perf_counter() - t0
+    print("\n=== demo summary ===")
+    print_table([summarize(name, runs / name) for name, *_ in iterations])
+    print_student_table(bq_dir)
+    print_eval_table(eval_out, ["demo_it2", "demo_bq_w1a1", "demo_random_init"])
+    ran = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "every stage skipped"
+    print(f"\nstage wall time (this invocation): {ran}; total {total:.0f} s")
+    for name in [name for name, *_ in iterations] + [bq["run_name"]]:
+        run_dir = runs / name
+        metrics = latest_metrics(run_dir)
+        print(f"\n{name}: checkpoints {run_dir}/checkpoints/ (last.ckpt)")
+        if metrics is not None:
+            print(f"     metrics {metrics}; resolved config {metrics.parent}/config.yaml")
+        wandb_dir = run_dir / "wandb"
+        if wandb_dir.is_dir():
+            print(f"     W&B offline run in {wandb_dir} (upload: wandb sync {wandb_dir}/offline-run-*)")
+    print(
+        "\nload a model: python -c \"import hubert_lit; m = hubert_lit.load_model('runs/demo/it2/checkpoints/last.ckpt')\""
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
