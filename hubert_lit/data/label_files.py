@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hubert_lit.atomic import atomic_write
 
 META_FILE = "meta.json"
 LABELS_SUFFIX = ".labels.npz"
@@ -70,28 +71,12 @@ def validate_label_meta(meta: Mapping[str, Any], source: str = "label meta") -> 
     return dict(meta)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_label_meta(label_dir: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
     """Validate ``meta`` and write it as ``<label_dir>/meta.json`` (atomically). Returns the path."""
     path = Path(label_dir) / META_FILE
     data = validate_label_meta(meta, source=str(path))
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
 
@@ -137,7 +122,7 @@ def save_shard_labels(
                 with zf.open(f"{utt_id}.npy", mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

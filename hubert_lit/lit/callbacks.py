@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +30,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
+from hubert_lit.atomic import atomic_torch_save, atomic_write
+
 log = logging.getLogger(__name__)
 
 RNG_KEY = "hubert_lit_rng_states"
@@ -40,33 +41,6 @@ RNG_KEY = "hubert_lit_rng_states"
 def _is_local_path(path: str | os.PathLike) -> bool:
     text = str(path)
     return "://" not in text or text.startswith("file://")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder, fsync'd, then renamed."""
-    path = Path(str(path).removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not every file system allows opening a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -200,18 +174,14 @@ class RNGStateCallback(Callback):
 # ----------------------------------------------------------------------------------------------- predict
 def save_feature_npz(path: Path, features: dict[str, np.ndarray]) -> None:
     """Write ``{utterance id: array}`` as an ``np.savez``-style archive (one ``<id>.npy`` member), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED) as zf:
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED) as zf:
             for utt_id, arr in features.items():
                 with zf.open(f"{utt_id}.npy", mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 class FeatureWriter(BasePredictionWriter):

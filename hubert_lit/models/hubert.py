@@ -10,8 +10,6 @@ k label embeddings / 0.1 -> cross-entropy on masked frames (+ ``pred_nomask_weig
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hubert_lit.atomic import atomic_torch_save
 from hubert_lit.models.config import HubertConfig, preset
 from hubert_lit.models.encoders import build_encoder
 from hubert_lit.models.frontend import (
@@ -315,17 +314,7 @@ def save_model(model: HubertModel, path: str | Path) -> None:
     from hubert_lit.quant.binarize import quant_spec_entry  # lazy: quant imports the model modules
 
     payload.update(quant_spec_entry(model))  # a binarized model also stores its QuantSpec
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_torch_save(payload, path)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> HubertModel:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hubert_lit.atomic import atomic_torch_save
 from hubert_lit.quant.binarize import binarize, quantized_layers
 from hubert_lit.quant.spec import QuantSpec
 
@@ -147,8 +148,7 @@ def load_packed(path: str | os.PathLike, map_location: str | torch.device = "cpu
 def export_model(model: nn.Module, out: str | os.PathLike) -> int:
     """Write the packed export of ``model`` to ``out``; returns the file size in bytes."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(packed_payload(model), out)
+    atomic_torch_save(packed_payload(model), out)
     return out.stat().st_size
 
 
