@@ -139,6 +139,62 @@ def print_eval_table(out: Path, run_names: list[str]) -> None:
     print_table([{k: r.get(k) or "" for k in keys} for r in rows])
 
 
+def running_mean(values: tuple[float, ...], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(runs: Path, iterations: list[str], bq_dir: Path) -> Path | None:
+    """Masked accuracy and loss against steps for each iteration and the binarized student (``curves.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for name in iterations:
+        m = read_metrics(runs / name)
+        if m.get("train/masked_acc"):
+            steps, values = zip(*m["train/masked_acc"])
+            ax_acc.plot(
+                steps, running_mean(values, 10), "-", alpha=0.6, label=f"{name} train (mean of 10 logs)"
+            )
+            drawn = True
+        if m.get("val/masked_acc"):
+            steps, values = zip(*m["val/masked_acc"])
+            ax_acc.plot(steps, values, "o-", markersize=3, label=f"{name} val")
+        if m.get("val/loss"):
+            steps, values = zip(*m["val/loss"])
+            ax_loss.plot(steps, values, "o-", markersize=3, label=f"{name} val")
+    m = read_metrics(bq_dir)
+    for key, label in (
+        ("val/student_masked_acc", "W1A1 student"),
+        ("val/teacher_masked_acc", "its FP teacher"),
+    ):
+        if m.get(key):
+            steps, values = zip(*m[key])
+            ax_acc.plot(steps, values, "s--", markersize=3, label=f"{label} val")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax_acc.set(xlabel="step", ylabel="masked-frame accuracy", title="masked prediction accuracy")
+    ax_loss.set(xlabel="step", ylabel="loss (nats)", title="validation loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("make demo: tiny HuBERT on the synthetic demo corpus (CPU)", fontsize=10)
+    fig.tight_layout()
+    out = runs / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def print_table(rows: list[dict[str, str]]) -> None:
     keys = list(rows[0])
     widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
@@ -341,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table([summarize(name, runs / name) for name, *_ in iterations])
     print_student_table(bq_dir)
     print_eval_table(eval_out, ["demo_it2", "demo_bq_w1a1", "demo_random_init"])
+    curves = plot_curves(runs, [name for name, *_ in iterations], bq_dir)
+    if curves is not None:
+        print(f"\ntraining curves: {curves}")
     ran = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "every stage skipped"
     print(f"\nstage wall time (this invocation): {ran}; total {total:.0f} s")
     for name in [name for name, *_ in iterations] + [bq["run_name"]]:
