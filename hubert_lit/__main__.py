@@ -17,10 +17,19 @@ TOOLS: dict[str, tuple[str, str]] = {
     "synth": ("hubert_lit.data.synth", "synthesize the demo corpus (LibriSpeech layout) with eSpeak NG"),
     "shard": ("hubert_lit.data.shard", "validate a LibriSpeech-layout split and write webdataset tar shards"),
     "label": ("hubert_lit.labels.label", "k-means pseudo-labels (MFCC or a HuBERT layer) for a shard set"),
-    "export": ("hubert_lit.quant.export", "pack a binarized checkpoint (8 weights per byte) into an inference file"),
+    "export": (
+        "hubert_lit.quant.export",
+        "pack a binarized checkpoint (8 weights per byte) into an inference file",
+    ),
     "superb-data": ("hubert_lit.superb.data.build", "build the ten mini-SUPERB task sets with eSpeak NG"),
-    "evaluate": ("hubert_lit.superb.evaluate", "SUPERB-style evaluation of a checkpoint (the paper's Table 2)"),
-    "profile": ("hubert_lit.profile.cli", "storage, FLOP, BOP and estimated time of a model (the paper's Table 1)"),
+    "evaluate": (
+        "hubert_lit.superb.evaluate",
+        "SUPERB-style evaluation of a checkpoint (the paper's Table 2)",
+    ),
+    "profile": (
+        "hubert_lit.profile.cli",
+        "storage, FLOP, BOP and estimated time of a model (the paper's Table 1)",
+    ),
 }
 
 

@@ -10,8 +10,14 @@ from hubert_lit.models.attention import AttentionMask, MultiHeadAttention
 from hubert_lit.models.layers import RelativePositionalEncoding
 from hubert_lit.models.sparsity import SparsityConfig, make_layout
 
-SPARSE = SparsityConfig(pattern="fixed", block=2, num_local_blocks=2, num_global_blocks=1,
-                        different_layout_per_head=True, num_different_global_patterns=2)
+SPARSE = SparsityConfig(
+    pattern="fixed",
+    block=2,
+    num_local_blocks=2,
+    num_global_blocks=1,
+    different_layout_per_head=True,
+    num_different_global_patterns=2,
+)
 
 
 def _module(relative: bool, backend: str = "sdpa", dim: int = 8, heads: int = 2) -> MultiHeadAttention:
@@ -46,8 +52,11 @@ def _naive(attn: MultiHeadAttention, x: torch.Tensor, lengths: torch.Tensor, spa
         for h in range(heads):
             sl = slice(h * dk, (h + 1) * dk)
             for i in range(n):
-                keys = [j for j in range(n)
-                        if sparsity is None or layout[h, i // sparsity.block, j // sparsity.block]]
+                keys = [
+                    j
+                    for j in range(n)
+                    if sparsity is None or layout[h, i // sparsity.block, j // sparsity.block]
+                ]
                 scores = []
                 for j in keys:
                     s = (q[b, i, sl] + (attn.pos_bias_u[h] if attn.relative_positions else 0)) @ k[b, j, sl]
@@ -155,9 +164,19 @@ def test_flex_backend_rejects_what_it_cannot_do():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention path is only used on CUDA")
 @pytest.mark.parametrize("relative", [False, True])
-@pytest.mark.parametrize("sparsity", [None, SparsityConfig(pattern="fixed", block=64, num_local_blocks=4,
-                                                           different_layout_per_head=True,
-                                                           num_different_global_patterns=4)])
+@pytest.mark.parametrize(
+    "sparsity",
+    [
+        None,
+        SparsityConfig(
+            pattern="fixed",
+            block=64,
+            num_local_blocks=4,
+            different_layout_per_head=True,
+            num_different_global_patterns=4,
+        ),
+    ],
+)
 def test_flex_path_equals_sdpa_on_cuda(relative, sparsity):
     attn = MultiHeadAttention(64, 4, relative_positions=relative, backend="flex").cuda().eval()
     if relative:

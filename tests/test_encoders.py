@@ -8,13 +8,31 @@ from hubert_lit.models.encoders import EncoderConfig, build_encoder, encoder_pre
 from hubert_lit.models.layers import TimeReduction, reduced_lengths
 from hubert_lit.models.sparsity import SparsityConfig
 
-TINY_SPARSE = SparsityConfig(pattern="fixed", block=8, num_local_blocks=2, num_global_blocks=1,
-                             different_layout_per_head=True, num_different_global_patterns=2)
+TINY_SPARSE = SparsityConfig(
+    pattern="fixed",
+    block=8,
+    num_local_blocks=2,
+    num_global_blocks=1,
+    different_layout_per_head=True,
+    num_different_global_patterns=2,
+)
 
 
 def _tiny(kind: str, **overrides) -> EncoderConfig:
-    base = dict(kind=kind, num_layers=3, dim=16, num_heads=2, ffn_dim=32, dropout=0.0, attention_dropout=0.0,
-                activation_dropout=0.0, layerdrop=0.0, conv_kernel_size=5, time_reduce_idx=1, time_recover_idx=2)
+    base = dict(
+        kind=kind,
+        num_layers=3,
+        dim=16,
+        num_heads=2,
+        ffn_dim=32,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
+        conv_kernel_size=5,
+        time_reduce_idx=1,
+        time_recover_idx=2,
+    )
     return EncoderConfig(**{**base, **overrides})
 
 
@@ -59,7 +77,12 @@ def test_preset_parameter_counts(name):
 def test_preset_hyperparameters():
     base = encoder_preset("hubert_base")
     assert (base.num_layers, base.dim, base.num_heads, base.ffn_dim) == (12, 768, 12, 3072)
-    assert (base.dropout, base.attention_dropout, base.layerdrop, base.layer_norm_first) == (0.1, 0.1, 0.05, False)
+    assert (base.dropout, base.attention_dropout, base.layerdrop, base.layer_norm_first) == (
+        0.1,
+        0.1,
+        0.05,
+        False,
+    )
     assert base.ffn_activation == "gelu" and base.sparsity is None
     for name, shape in [("sparseformer_dn_s", (16, 256, 4)), ("sparseformer_sw_s", (8, 512, 4))]:
         cfg = encoder_preset(name)
@@ -67,7 +90,13 @@ def test_preset_hyperparameters():
         assert cfg.sparsity.pattern == "fixed" and cfg.sparsity.block <= 64
     for name in ("conformer_s", "squeezeformer_xs"):
         cfg = encoder_preset(name)
-        assert (cfg.num_layers, cfg.dim, cfg.num_heads, cfg.ffn_dim, cfg.conv_kernel_size) == (16, 144, 4, 576, 31)
+        assert (cfg.num_layers, cfg.dim, cfg.num_heads, cfg.ffn_dim, cfg.conv_kernel_size) == (
+            16,
+            144,
+            4,
+            576,
+            31,
+        )
         assert cfg.ffn_activation == "swish"
     sq = encoder_preset("squeezeformer_xs")
     assert (sq.time_reduce_idx, sq.time_recover_idx) == (7, 15)
@@ -188,13 +217,26 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("layer_norm_first", [False, True])
 def test_transformer_matches_torchaudio(layer_norm_first):
     reference = components._get_encoder(
-        in_features=12, embed_dim=16, dropout_input=0.0, pos_conv_kernel=8, pos_conv_groups=2, num_layers=2,
-        num_heads=2, attention_dropout=0.0, ff_interm_features=32, ff_interm_dropout=0.0, dropout=0.0,
-        layer_norm_first=layer_norm_first, layer_drop=0.0,
+        in_features=12,
+        embed_dim=16,
+        dropout_input=0.0,
+        pos_conv_kernel=8,
+        pos_conv_groups=2,
+        num_layers=2,
+        num_heads=2,
+        attention_dropout=0.0,
+        ff_interm_features=32,
+        ff_interm_dropout=0.0,
+        dropout=0.0,
+        layer_norm_first=layer_norm_first,
+        layer_drop=0.0,
     ).eval()
     ours = build_encoder(_tiny("transformer", num_layers=2, layer_norm_first=layer_norm_first)).eval()
-    state = {k.removeprefix("transformer."): v for k, v in reference.state_dict().items()
-             if k.startswith("transformer.") and ".pos_conv_embed." not in k}
+    state = {
+        k.removeprefix("transformer."): v
+        for k, v in reference.state_dict().items()
+        if k.startswith("transformer.") and ".pos_conv_embed." not in k
+    }
     ours.load_state_dict(state)  # strict: the parameter names are torchaudio's
 
     features, lengths = torch.randn(2, 11, 12), torch.tensor([11, 7])
@@ -222,7 +264,8 @@ def test_encoder_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="odd"):
         EncoderConfig(kind="conformer", dim=16, num_heads=2, conv_kernel_size=32)
     with pytest.raises(ValueError, match="time_reduce_idx"):
-        EncoderConfig(kind="squeezeformer", num_layers=4, dim=16, num_heads=2, time_reduce_idx=3,
-                      time_recover_idx=2)
+        EncoderConfig(
+            kind="squeezeformer", num_layers=4, dim=16, num_heads=2, time_reduce_idx=3, time_recover_idx=2
+        )
     with pytest.raises(ValueError, match="unknown encoder preset"):
         encoder_preset("conformer_m")

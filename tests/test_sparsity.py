@@ -23,8 +23,14 @@ def test_fixed_layout_single_pattern_with_short_last_window():
 def test_fixed_layout_differs_per_head():
     # head h uses first = 4 - (1 + h % 2) * 1: heads 0 and 2 -> block 3 (short window: 5); head 1 -> block 2
     # (short window: min(4 + 2, 5) = 5).
-    cfg = SparsityConfig(pattern="fixed", block=1, num_local_blocks=4, num_global_blocks=1,
-                         different_layout_per_head=True, num_different_global_patterns=2)
+    cfg = SparsityConfig(
+        pattern="fixed",
+        block=1,
+        num_local_blocks=4,
+        num_global_blocks=1,
+        different_layout_per_head=True,
+        num_different_global_patterns=2,
+    )
     layout = make_layout(cfg, 3, 6)
     head0 = _rows("111101", "111101", "111101", "111101", "000111", "000111")
     head1 = _rows("111101", "111101", "111101", "111101", "001011", "001011")
@@ -35,13 +41,16 @@ def test_fixed_layout_differs_per_head():
 
 def test_fixed_layout_two_global_blocks_and_horizontal():
     cfg = SparsityConfig(pattern="fixed", block=1, num_local_blocks=4, num_global_blocks=2)
-    expected = _rows("11110011", "11110011", "11110011", "11110011",
-                     "00111111", "00111111", "00111111", "00111111")
+    expected = _rows(
+        "11110011", "11110011", "11110011", "11110011", "00111111", "00111111", "00111111", "00111111"
+    )
     assert torch.equal(make_layout(cfg, 1, 8)[0], expected)
-    horizontal = SparsityConfig(pattern="fixed", block=1, num_local_blocks=4, num_global_blocks=2,
-                                horizontal_global_attention=True)
-    expected_h = _rows("11110011", "11110011", "11111111", "11111111",
-                       "00111111", "00111111", "11111111", "11111111")
+    horizontal = SparsityConfig(
+        pattern="fixed", block=1, num_local_blocks=4, num_global_blocks=2, horizontal_global_attention=True
+    )
+    expected_h = _rows(
+        "11110011", "11110011", "11111111", "11111111", "00111111", "00111111", "11111111", "11111111"
+    )
     assert torch.equal(make_layout(horizontal, 1, 8)[0], expected_h)
 
 

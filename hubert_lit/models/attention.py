@@ -35,11 +35,15 @@ class AttentionMask:
 
     def __init__(self, lengths: Tensor, length: int, num_heads: int, sparsity: SparsityConfig | None = None):
         if lengths.ndim != 1 or lengths.dtype.is_floating_point:
-            raise ValueError(f"lengths must be a 1-D integer tensor, got shape {tuple(lengths.shape)} "
-                             f"and dtype {lengths.dtype}")
+            raise ValueError(
+                f"lengths must be a 1-D integer tensor, got shape {tuple(lengths.shape)} "
+                f"and dtype {lengths.dtype}"
+            )
         low, high = torch.stack(lengths.aminmax()).tolist() if len(lengths) else (length, length)
         if low < 0 or high > length:
-            raise ValueError(f"lengths must lie in [0, {length}] (the padded length), got min {low} and max {high}")
+            raise ValueError(
+                f"lengths must lie in [0, {length}] (the padded length), got min {low} and max {high}"
+            )
         self.lengths = lengths
         self.length = length
         self.num_heads = num_heads
@@ -68,6 +72,7 @@ class AttentionMask:
 
             lengths = self.lengths
             if self.sparsity is None:
+
                 def mask_mod(b, h, q, kv):
                     return (kv < lengths[b]) | (q == kv)
 
@@ -82,8 +87,15 @@ class AttentionMask:
                     return inside | (q == kv)
 
                 heads = self.num_heads
-            self._block_mask = create_block_mask(mask_mod, len(lengths), heads, self.length, self.length,
-                                                 device=lengths.device, BLOCK_SIZE=FLEX_TILE)
+            self._block_mask = create_block_mask(
+                mask_mod,
+                len(lengths),
+                heads,
+                self.length,
+                self.length,
+                device=lengths.device,
+                BLOCK_SIZE=FLEX_TILE,
+            )
         return self._block_mask
 
 
@@ -110,8 +122,10 @@ def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask, bias: Tensor | 
         fn = _compiled_flex
     score_mod = None
     if bias is not None:
+
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + bias[b, h, q_idx, kv_idx]
+
     return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
@@ -123,8 +137,15 @@ class MultiHeadAttention(nn.Module):
     ``((q + u) k^T + rel_shift((q + v) p^T)) / sqrt(d_k)`` with ``p = linear_pos(pos_emb)``.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, relative_positions: bool = False,
-                 backend: str = "auto", flex_min_length: int = 4096):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        relative_positions: bool = False,
+        backend: str = "auto",
+        flex_min_length: int = 4096,
+    ):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -167,15 +188,22 @@ class MultiHeadAttention(nn.Module):
         drops = self.training and self.dropout > 0
         if self.backend == "flex":
             if drops:
-                raise ValueError("attention backend 'flex' has no attention dropout; set attention_dropout=0 "
-                                 "or use backend 'auto'/'sdpa' for training")
+                raise ValueError(
+                    "attention backend 'flex' has no attention dropout; set attention_dropout=0 "
+                    "or use backend 'auto'/'sdpa' for training"
+                )
             needs_grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
             if not x.is_cuda and torch.is_grad_enabled() and needs_grad:
                 raise ValueError("attention backend 'flex' has no backward pass on CPU; use 'auto' or 'sdpa'")
             return "flex"
         if self.backend == "auto":
-            use_flex = (x.is_cuda and mask.sparsity is not None and not self.relative_positions and not drops
-                        and x.shape[1] >= self.flex_min_length)
+            use_flex = (
+                x.is_cuda
+                and mask.sparsity is not None
+                and not self.relative_positions
+                and not drops
+                and x.shape[1] >= self.flex_min_length
+            )
             return "flex" if use_flex else "sdpa"
         return "sdpa"
 
@@ -192,8 +220,14 @@ class MultiHeadAttention(nn.Module):
         if self.relative_positions:
             if pos_emb is None or pos_emb.shape[-2] != 2 * length - 1:
                 got = None if pos_emb is None else tuple(pos_emb.shape)
-                raise ValueError(f"relative attention needs pos_emb of shape (1, {2 * length - 1}, D), got {got}")
-            p = self.pos_hook(self.linear_pos(pos_emb)).view(-1, 2 * length - 1, heads, head_dim).transpose(1, 2)
+                raise ValueError(
+                    f"relative attention needs pos_emb of shape (1, {2 * length - 1}, D), got {got}"
+                )
+            p = (
+                self.pos_hook(self.linear_pos(pos_emb))
+                .view(-1, 2 * length - 1, heads, head_dim)
+                .transpose(1, 2)
+            )
             q_v = (q + self.pos_bias_v).transpose(1, 2)
             bias = relative_shift(q_v @ p.transpose(-2, -1)) * self.scaling
             q = q + self.pos_bias_u
@@ -209,8 +243,9 @@ class MultiHeadAttention(nn.Module):
                 allowed = mask.dense()
                 attn_mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
             dropout = self.dropout if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
-                                                 scale=self.scaling)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=self.scaling
+            )
         else:
             out = _flex_attention(q, k, v, mask.block_mask(), bias, self.scaling)
         out = out.transpose(1, 2).reshape(batch, length, heads * head_dim)
@@ -224,4 +259,3 @@ class MultiHeadAttention(nn.Module):
         probs = self.prob_hook(probs)
         probs = F.dropout(probs, p=self.dropout, training=self.training)
         return probs @ v
-

@@ -113,17 +113,40 @@ def _sparse_preset() -> SparsityConfig:
     # one 128-frame FlexAttention tile (the smallest the compiled kernel accepts), so 25-38 % of whole tiles are
     # skipped; with block 32 every tile column holds a summary block and no tile is skipped. One summary
     # position per head (num_different_global_patterns = 4 = num_local_blocks // num_global_blocks).
-    return SparsityConfig(pattern="fixed", block=64, num_local_blocks=4, num_global_blocks=1,
-                          different_layout_per_head=True, num_different_global_patterns=4)
+    return SparsityConfig(
+        pattern="fixed",
+        block=64,
+        num_local_blocks=4,
+        num_global_blocks=1,
+        different_layout_per_head=True,
+        num_different_global_patterns=4,
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "hubert_base": {},
-    "conformer_s": dict(kind="conformer", num_layers=16, dim=144, num_heads=4, ffn_dim=576,
-                        activation_dropout=0.1, layerdrop=0.0, conv_kernel_size=31),
-    "squeezeformer_xs": dict(kind="squeezeformer", num_layers=16, dim=144, num_heads=4, ffn_dim=576,
-                             activation_dropout=0.1, layerdrop=0.0, conv_kernel_size=31,
-                             time_reduce_idx=7, time_recover_idx=15),
+    "conformer_s": dict(
+        kind="conformer",
+        num_layers=16,
+        dim=144,
+        num_heads=4,
+        ffn_dim=576,
+        activation_dropout=0.1,
+        layerdrop=0.0,
+        conv_kernel_size=31,
+    ),
+    "squeezeformer_xs": dict(
+        kind="squeezeformer",
+        num_layers=16,
+        dim=144,
+        num_heads=4,
+        ffn_dim=576,
+        activation_dropout=0.1,
+        layerdrop=0.0,
+        conv_kernel_size=31,
+        time_reduce_idx=7,
+        time_recover_idx=15,
+    ),
     "sparseformer_dn_s": dict(num_layers=16, dim=256, num_heads=4, ffn_dim=1024, sparsity=_sparse_preset()),
     "sparseformer_sw_s": dict(num_layers=8, dim=512, num_heads=4, ffn_dim=2048, sparsity=_sparse_preset()),
 }
@@ -137,8 +160,14 @@ def encoder_preset(name: str, **overrides: Any) -> EncoderConfig:
 
 
 def _attention(cfg: EncoderConfig, relative: bool) -> MultiHeadAttention:
-    return MultiHeadAttention(cfg.dim, cfg.num_heads, cfg.attention_dropout, relative_positions=relative,
-                              backend=cfg.attention_backend, flex_min_length=cfg.flex_min_length)
+    return MultiHeadAttention(
+        cfg.dim,
+        cfg.num_heads,
+        cfg.attention_dropout,
+        relative_positions=relative,
+        backend=cfg.attention_backend,
+        flex_min_length=cfg.flex_min_length,
+    )
 
 
 def _feed_forward(cfg: EncoderConfig) -> FeedForward:

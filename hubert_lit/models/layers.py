@@ -29,8 +29,14 @@ class FeedForward(nn.Module):
     Parameter names follow torchaudio's ``wav2vec2.components.FeedForward``.
     """
 
-    def __init__(self, dim: int, ffn_dim: int, activation: str = "gelu", activation_dropout: float = 0.0,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        activation: str = "gelu",
+        activation_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.intermediate_dense = nn.Linear(dim, ffn_dim)
         self.activation = make_activation(activation)
@@ -172,11 +178,13 @@ class RelativePositionalEncoding(nn.Module):
         self.dim = dim
         self.base = base
 
-    def forward(self, length: int, device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32) -> Tensor:
+    def forward(
+        self, length: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         positions = torch.arange(length - 1, -length, -1, device=device, dtype=torch.float32)
         inv_freq = torch.exp(
-            torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) * (-math.log(self.base) / self.dim)
+            torch.arange(0, self.dim, 2, device=device, dtype=torch.float32)
+            * (-math.log(self.base) / self.dim)
         )
         angles = positions[:, None] * inv_freq[None, :]  # (2T-1, dim/2)
         pe = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(2 * length - 1, self.dim)

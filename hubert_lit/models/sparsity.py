@@ -64,7 +64,9 @@ class SparsityConfig:
                     f"num_local_blocks // num_global_blocks ({max_patterns})"
                 )
             if self.num_different_global_patterns > 1 and not self.different_layout_per_head:
-                raise ValueError("sparsity.num_different_global_patterns > 1 requires different_layout_per_head=True")
+                raise ValueError(
+                    "sparsity.num_different_global_patterns > 1 requires different_layout_per_head=True"
+                )
         else:
             if self.different_layout_per_head or self.num_different_global_patterns != 1:
                 raise ValueError(
@@ -93,16 +95,16 @@ def _fixed_layout(cfg: SparsityConfig, head: int, nb: int) -> Tensor:
     layout = torch.zeros(nb, nb, dtype=torch.bool)
     local, glob = cfg.num_local_blocks, cfg.num_global_blocks
     for start in range(0, nb, local):
-        layout[start:start + local, start:start + local] = True
+        layout[start : start + local, start : start + local] = True
     first = local - (1 + head % cfg.num_different_global_patterns) * glob
     end = nb - nb % local
     starts = list(range(first, end, local))
     if end < nb:  # short last window: its own summary blocks, clipped to the grid
         starts.append(max(0, min(end + first, nb - glob)))
     for s in starts:
-        layout[:, s:s + glob] = True
+        layout[:, s : s + glob] = True
         if cfg.horizontal_global_attention:
-            layout[s:s + glob, :] = True
+            layout[s : s + glob, :] = True
     return layout
 
 
