@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from hubert_lit.data.librispeech import Problem, Utterance, scan_roots
 from hubert_lit.data.shardio import INDEX_FILE, INDEX_FORMAT, SAMPLE_RATE, describe_audio_error, encode_flac
+from hubert_lit.system import available_cpus
 
 # 500 LibriSpeech utterances (~12 s each) are ~100-150 MB of FLAC: inside webdataset's recommended shard size,
 # and train-clean-100 (28,539 utterances) still gives 58 shards to spread over ranks x loader workers.
@@ -256,7 +257,7 @@ def shard_corpus(
     """
     if shard_size < 1:
         raise ShardUsageError(f"--shard-size must be >= 1, got {shard_size}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     if workers < 1:
         raise ShardUsageError(f"--workers must be >= 1, got {workers}")
     root_paths = [Path(r) for r in roots]
@@ -407,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
+        default=available_cpus(),
         help="processes that decode/check audio and write shards (default: CPU count, %(default)s)",
     )
     return parser

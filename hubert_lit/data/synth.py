@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 
 from hubert_lit.data.espeak import ENGLISH_VOICES, Synthesizer, map_in_fresh_processes, reset_random_state
 from hubert_lit.data.sentences import Sentence, SentenceGenerator, normalize_transcript
+from hubert_lit.system import available_cpus
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
@@ -269,13 +269,6 @@ def readme_text(args: argparse.Namespace) -> str:
     )
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hubert_lit synth",
@@ -298,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed for speakers, sentences and prosody (default 0)"
     )
     parser.add_argument(
-        "--workers", type=int, default=_available_cpus(),
+        "--workers", type=int, default=available_cpus(),
         help="parallel processes; does not change the output (default: available CPUs)",
     )  # fmt: skip
     parser.add_argument(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -31,6 +30,7 @@ from hubert_lit.superb.data.mixtures import plan_sd
 from hubert_lit.superb.data.qbe import plan_qbe
 from hubert_lit.superb.data.text_tasks import plan_asr_pr, plan_ic, plan_sf
 from hubert_lit.superb.data.utterance_tasks import plan_asv, plan_ks, plan_prosody, plan_sid
+from hubert_lit.system import available_cpus
 
 TASKS = ("asr", "pr", "ks", "qbe", "ic", "sf", "sid", "asv", "sd", "prosody")
 
@@ -113,13 +113,6 @@ def parse_tasks(value: str) -> list[str]:
     return sorted(set(tasks), key=TASKS.index)
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hubert_lit superb-data",
@@ -143,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "linear probe) or 'tiny' (a few utterances per task, for tests)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=int, default=_available_cpus(),
+        "--workers", type=int, default=available_cpus(),
         help="parallel processes; does not change the output (default: available CPUs)",
     )  # fmt: skip
     parser.add_argument(
