@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Driver for experiments/reproduce_paper.md: shard -> MFCC labels -> iteration 1 -> HuBERT labels -> iteration 2.
-#   STAGES="shard labels1 it1 labels2 it2" ENCODERS="vanilla conformer_s ..." TRAINER=configs/trainer/a100_4x8.yaml \
-#     bash experiments/reproduce_paper.sh
-# Stages skip outputs that exist; training resumes from last.ckpt. Distillation, profiling and SUPERB evaluation
-# are PLANNED (later issues) and only printed.
+# Driver for experiments/reproduce_paper.md: shard -> MFCC labels -> iteration 1 -> HuBERT labels -> iteration 2
+# -> BiT chain (W1A2 -> W1A1) + export -> profile (Table 1) -> mini-SUPERB evaluation.
+#   STAGES="shard labels1 it1 labels2 it2 distill profile evaluate" ENCODERS="vanilla conformer_s ..." \
+#     TRAINER=configs/trainer/a100_4x8.yaml DISTILL_TRAINER=configs/trainer/a100_1x8.yaml bash experiments/reproduce_paper.sh
+# Stages skip outputs that exist; training resumes from last.ckpt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STAGES=${STAGES:-"shard labels1 it1 labels2 it2 planned"}
+STAGES=${STAGES:-"shard labels1 it1 labels2 it2 distill profile evaluate"}
 ENCODERS=${ENCODERS:-"vanilla conformer_s squeezeformer_xs sparseformer_dn_s sparseformer_sw_s"}
 TRAINER=${TRAINER:-configs/trainer/a100_4x8.yaml}
+DISTILL_TRAINER=${DISTILL_TRAINER:-configs/trainer/a100_1x8.yaml}
 LS=${LS:-data/librispeech/LibriSpeech}
 SH=data/librispeech/shards
 LB=data/librispeech/labels
@@ -44,8 +45,24 @@ for enc in ${ENCODERS}; do
   if want it2; then
     run ${PY} -m hubert_lit fit --config configs/pretrain/${enc}_it2.yaml --config ${TRAINER} --ckpt_path last
   fi
+  if want distill; then
+    run ${PY} -m hubert_lit fit --config configs/distill/bq_${enc}_w1a2.yaml --config ${DISTILL_TRAINER} \
+      --model.teacher=runs/${enc}_it2/checkpoints/last.ckpt --ckpt_path last
+    run ${PY} -m hubert_lit fit --config configs/distill/bq_${enc}_w1a1.yaml --config ${DISTILL_TRAINER} \
+      --model.teacher=runs/bq_${enc}_w1a2/checkpoints/last.ckpt --ckpt_path last
+    [[ -f runs/bq_${enc}_w1a1/model.packed.pt ]] || run ${PY} -m hubert_lit export \
+      --checkpoint runs/bq_${enc}_w1a1/checkpoints/last.ckpt --out runs/bq_${enc}_w1a1/model.packed.pt
+  fi
+  if want evaluate; then
+    [[ -f data/superb/sid/meta.json ]] || run ${PY} -m hubert_lit superb-data --out data/superb
+    for ckpt in runs/${enc}_it2/checkpoints/last.ckpt runs/bq_${enc}_w1a1/model.packed.pt; do
+      [[ -f ${ckpt} ]] && run ${PY} -m hubert_lit evaluate --checkpoint ${ckpt} --tasks all --data data/superb
+    done
+  fi
 done
-if want planned; then
-  echo "PLANNED (later issues): BiT distillation of runs/<enc>_it2, efficiency profile (Table 1), SUPERB evaluation"
-  echo "(Table 2); see experiments/reproduce_paper.md section 5."
+if want profile; then
+  run ${PY} -m hubert_lit profile --table1 --seconds 10
+fi
+if want evaluate; then
+  run ${PY} experiments/table2.py
 fi
