@@ -266,3 +266,13 @@ def test_inference_only_model_has_no_head():
         model(torch.randn(1, 4000), torch.tensor([4000]))
     states, _ = model.eval().extract_features(torch.randn(1, 4000), torch.tensor([4000]))
     assert len(states) == 3 and not any(math.isnan(s.sum().item()) for s in states)
+
+
+def test_batch_shorter_than_one_frame_is_a_clear_error():
+    model = build_hubert("vanilla_tiny", num_classes=10).eval()
+    with pytest.raises(ValueError, match="399 samples, fewer than one frame"):
+        model.extract_features(torch.randn(2, 399), torch.tensor([399, 200]))
+    with pytest.raises(ValueError, match="fewer than one frame"):
+        model(torch.randn(1, 300), torch.tensor([300]))
+    states, lengths = model.extract_features(torch.randn(2, 400), torch.tensor([400, 0]))
+    assert lengths.tolist() == [1, 0] and states[-1].shape[1] == 1

@@ -65,3 +65,13 @@ def test_generator_makes_mask_reproducible():
     b = compute_span_mask(lengths, 200, generator=torch.Generator().manual_seed(5))
     c = compute_span_mask(lengths, 200, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_empty_row_does_not_switch_masking_off_for_the_batch():
+    # a row with 0 valid frames (< 400 samples) has nothing to mask; the other rows keep their masks
+    g = torch.Generator().manual_seed(7)
+    mask = compute_span_mask(torch.tensor([200, 0, 150]), 200, generator=g)
+    counts = mask.sum(1)
+    assert counts[1] == 0
+    assert counts[0] == counts[2] and counts[0] >= 20  # at least min_masks spans of 10 frames
+    assert not compute_span_mask(torch.tensor([0, 0]), 8, generator=g).any()

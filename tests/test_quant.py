@@ -18,6 +18,7 @@ from hubert_lit.quant import (
     QuantSpec,
     activation_quantizers,
     binarize,
+    dequantize,
     quantization_plan,
     quantized_layers,
     requantize,
@@ -248,6 +249,13 @@ def test_weight_normed_layers_must_stay_full_precision():
         binarize(model, QuantSpec(full_precision=("feature_extractor",)))
 
 
+def test_binarize_puts_every_quantizer_on_the_model_device():
+    # a model already moved to its device (the meta device stands in for a GPU) stays on one device
+    model = binarize(tiny("conformer_s").to("meta"))
+    off_device = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not t.is_meta]
+    assert not off_device, off_device[:5]
+
+
 def test_binarize_respects_spec_and_refuses_twice():
     model = tiny("conformer_s")
     spec = QuantSpec(
@@ -278,6 +286,16 @@ def test_requantize_keeps_latent_weights_and_resets_scales():
     assert model.quant_spec.activation_bits == 1
     assert all(q.bits == 1 and not q.is_initialized() for _, q in activation_quantizers(model))
     assert all(torch.equal(layer.weight, weights[n]) for n, layer in quantized_layers(model))
+
+
+def test_dequantize_restores_the_plain_module_tree():
+    plain = tiny("conformer_s")
+    names = {n: type(m) for n, m in plain.named_modules()}
+    model = dequantize(binarize(tiny("conformer_s")))
+    assert model.quant_spec is None
+    # ReLUs from ffn_relu stay (documented); nothing else is left behind, e.g. no stray input_quant
+    restored = {n: type(m) for n, m in model.named_modules() if not n.endswith(".activation")}
+    assert restored == {n: t for n, t in names.items() if not n.endswith(".activation")}
 
 
 # --- round trips -------------------------------------------------------------------------------------------------

@@ -118,6 +118,11 @@ class HubertModel(nn.Module):
             raise ValueError(f"lengths must have shape ({waveforms.shape[0]},), got {tuple(lengths.shape)}")
         if bool((lengths > waveforms.shape[1]).any()) or bool((lengths < 0).any()):
             raise ValueError(f"lengths must lie in [0, {waveforms.shape[1]}], got {lengths.tolist()}")
+        if self.num_frames(waveforms.shape[1]) == 0:
+            raise ValueError(
+                f"waveforms have {waveforms.shape[1]} samples, fewer than one frame needs "
+                "(400 samples = 25 ms at 16 kHz)"
+            )
 
     def _encoder_input(
         self, waveforms: Tensor, lengths: Tensor, mask: Tensor | None

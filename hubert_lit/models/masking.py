@@ -9,7 +9,8 @@ Same distribution as fairseq's ``compute_mask_indices`` (``mask_selection=static
 2. span starts are drawn without replacement, uniformly from ``[0, n - mask_length)`` (at least one start);
    each span covers ``mask_length`` frames and spans may overlap; frames at or beyond ``n`` are never masked;
 3. every row is randomly subsampled down to the smallest masked count in the batch, so all rows have the same
-   number of masked frames.
+   number of masked frames. Rows without any valid frame (fewer than 400 samples) take no part in that minimum:
+   fairseq would let one such row switch masking off for the whole batch.
 
 The mask rate is therefore well below ``mask_prob``: about 50 % of the frames at ``mask_prob=0.8``,
 ``mask_length=10``.
@@ -82,6 +83,8 @@ def compute_span_mask(
     mask &= positions[None, :] < lengths[:, None]
 
     if same_count:
-        target = mask.sum(dim=1).min()
+        # empty rows have nothing to mask; counting their 0 would leave the whole batch unmasked
+        counts = mask.sum(dim=1).masked_fill(lengths == 0, num_frames)
+        target = counts.min()
         mask = _select_random(mask, target.expand(batch), generator)
     return mask

@@ -103,14 +103,15 @@ def _new_module(site: Site, old: nn.Module, spec: QuantSpec, parent: nn.Module) 
     bits = spec.activation_bits
     if site.kind == "relu":
         return nn.ReLU()
+    # new quantizers go where the layer's weight lives (binarizing a model already on the GPU)
     if site.kind == "linear":
         quant = make_activation_quantizer(bits, site.signed, channels=old.in_features, channel_dim=-1)
-        return BinaryLinear.from_float(old, spec.weight_bits, quant)
+        return BinaryLinear.from_float(old, spec.weight_bits, quant.to(old.weight.device))
     if site.kind in ("conv", "depthwise"):
         quant = make_activation_quantizer(
             bits, site.signed, channels=old.in_channels, channel_dim=1, keep_zeros=site.kind == "depthwise"
         )
-        return BinaryConv1d.from_float(old, spec.weight_bits, quant)
+        return BinaryConv1d.from_float(old, spec.weight_bits, quant.to(old.weight.device))
     if site.kind == "hook":
         channels = parent.embed_dim if site.signed else None  # probabilities have no fixed channel axis
         quant = ActivationQuantizer(bits, site.signed, channels=channels, channel_dim=-1)
@@ -165,6 +166,7 @@ def mark_initialized(model: nn.Module) -> None:
 def dequantize(model: nn.Module) -> nn.Module:
     """Undo :func:`binarize` in place: quantized layers become ``nn.Linear``/``nn.Conv1d`` with their latent
     weights and attention hooks become ``nn.Identity``. ReLUs introduced by ``ffn_relu`` stay."""
+    replaced: set[str] = set()
     for name, module in list(model.named_modules()):
         if isinstance(module, BinaryLinear):
             plain: nn.Module = nn.Linear(
@@ -194,10 +196,11 @@ def dequantize(model: nn.Module) -> nn.Module:
             continue
         if isinstance(module, (BinaryLinear, BinaryConv1d)):
             plain.weight, plain.bias = module.weight, module.bias
+            replaced.add(name)
         parent_name, child = _split(name)
         parent = model.get_submodule(parent_name)
-        if isinstance(module, ActivationQuantizer) and isinstance(parent, (BinaryLinear, BinaryConv1d)):
-            continue  # goes away with its layer
+        if isinstance(module, ActivationQuantizer) and child == "input_quant" and parent_name in replaced:
+            continue  # went away with its layer (``parent`` is already the plain replacement)
         plain.train(module.training)
         setattr(parent, child, plain)
     model.quant_spec = None

@@ -150,7 +150,7 @@ class _QuantizedWeightMixin:
         self.weight_bits = weight_bits
         self.per_channel = per_channel
         self.input_quant = input_quant if input_quant is not None else nn.Identity()
-        self.register_buffer("weight_is_quantized", torch.tensor(False))
+        self.register_buffer("weight_is_quantized", torch.tensor(False, device=self.weight.device))
 
     def quantized_weight(self) -> Tensor:
         """The weight used in the forward pass (straight-through gradient to the latent weight)."""
