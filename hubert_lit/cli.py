@@ -134,14 +134,29 @@ def _data_dirs(data: Namespace) -> dict[str, Any]:
     }
 
 
+# Data stages whose batches HubertPretrainModule trains or evaluates on (with labels), per subcommand.
+LABELLED_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
 def check_config(cfg: Namespace, subcommand: str) -> None:
     """Cross-field checks of a parsed ``cfg`` of ``subcommand``; raises :class:`ConfigError`."""
     from hubert_lit.data.label_files import load_label_meta
 
     data = cfg.get("data")
     model = cfg.get("model")
+    pretraining = model is not None  # HubertPretrainModule itself, not a subclass such as BiTDistillModule
     if model is not None and model.get("init_args") is not None:  # model named by class_path (subclass mode)
+        pretraining = str(model.get("class_path")).endswith(".HubertPretrainModule")
         model = model.init_args
+    if pretraining and data is not None:
+        # HubertPretrainModule's steps need the batch's "labels"; without them the run would build everything
+        # and then stop at its first step with a bare KeyError.
+        for stage in LABELLED_STAGES.get(subcommand, ()):
+            if data.get(f"{stage}_shards") is not None and data.get(f"{stage}_labels") is None:
+                raise ConfigError(
+                    f"data.{stage}_labels is not set: pretraining needs the labels folder of data.{stage}_shards "
+                    "(write one with `python -m hubert_lit label`)"
+                )
     if data is not None:
         for key, value in _data_dirs(data).items():
             for path in value if isinstance(value, list) else [value]:

@@ -118,6 +118,10 @@ def test_every_paper_config_resolves(encoder, capsys, monkeypatch):
         (["--model.num_classes=7"], "model.num_classes=7 but data.train_labels"),
         (["--model.warmup_steps=5"], "model.warmup_steps=5 must be in [0, 2)"),
         (["--run.loggers=[tensorboard]"], "unknown logger 'tensorboard'"),
+        (
+            ["--data.train_labels=null", "--model.num_classes=4"],
+            "data.train_labels is not set: pretraining needs the labels folder of data.train_shards",
+        ),
     ],
 )
 def test_config_errors_exit_2_before_training(extra, message, tone_data, tmp_path, capsys):

@@ -184,6 +184,24 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(tone_data, tmp_pat
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
 
+def test_resume_from_end_of_epoch_checkpoint_gives_identical_weights(tone_data, tmp_path):
+    """8 steps straight vs. a run killed at step 6 and resumed from its step-4 checkpoint, the last batch of
+    epoch 0: the resumed run creates its loader iterator before restoring the RNG states, the straight run at
+    the start of epoch 1; neither may shift the training random streams."""
+    from hubert_lit.cli import lightning_main
+
+    every = "--checkpoint.every_n_train_steps=4"
+    assert lightning_main(fit_args(tone_data, tmp_path, "straight", 8, every)) == 0
+    crash = '--trainer.callbacks+={"class_path": "_fixtures.CrashAtStep", "init_args": {"step": 6}}'
+    assert lightning_main(fit_args(tone_data, tmp_path, "resumed", 8, every, crash)) == 1
+    ckpt_dir = tmp_path / "resumed" / "checkpoints"
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert lightning_main(fit_args(tone_data, tmp_path, "resumed", 8, every, "--ckpt_path=last")) == 0
+    a = model_weights(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    b = model_weights(ckpt_dir / "last.ckpt")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 # ----------------------------------------------------------------------------------------------- robustness
 def _module_and_data(tone_data, **module_kwargs):
     from hubert_lit.data.datamodule import ShardDataModule

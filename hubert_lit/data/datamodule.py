@@ -283,6 +283,11 @@ class ShardDataModule(pl.LightningDataModule):
             batch_size=None,  # the dataset yields whole batches
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,
+            # Every DataLoader iterator draws a base seed from its generator, by default the global torch one. A
+            # private generator keeps iterator creation (each epoch, each validation) out of the training random
+            # streams, so a run resumed from an end-of-epoch checkpoint replays them exactly. The dataset's own
+            # randomness is seeded by (seed, epoch, batch) and does not use the worker seeds.
+            generator=torch.Generator().manual_seed(hp.seed),
             epoch_fn=self._current_epoch if train else None,
             on_epoch_start=self._start_train_epoch if train else None,
             **extra,

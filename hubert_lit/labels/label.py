@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--coarse-size",
         type=int,
         default=50_000,
-        help="when the fit sample has more than twice max(this, 100 k) frames, Lloyd first converges on a "
-        "subsample of that size, then refines on every frame (0: always all frames) (default: %(default)s)",
+        help="when the fit sample has more than twice max(this, 100 x --clusters) frames, Lloyd first "
+        "converges on a subsample of that size, then refines on every frame (0: always all frames) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--device",
