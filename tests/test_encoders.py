@@ -120,7 +120,7 @@ def test_time_is_preserved_for_any_length(name):
             assert all(s.shape == (2, length, cfg.dim) for s in states)
 
 
-def _padding_invariance(encoder, dim: int) -> None:
+def check_padding_invariance(encoder, dim: int) -> None:
     short, long = torch.randn(1, 37, dim), torch.randn(1, 61, dim)
     batch = torch.zeros(2, 61, dim)
     batch[0, :37], batch[1] = short[0], long[0]
@@ -135,7 +135,7 @@ def _padding_invariance(encoder, dim: int) -> None:
 def test_valid_frames_do_not_depend_on_padding(name):
     encoder = build_encoder(TINY[name]).eval()
     with torch.no_grad():
-        _padding_invariance(encoder, TINY[name].dim)
+        check_padding_invariance(encoder, TINY[name].dim)
 
 
 @pytest.mark.parametrize("name", ["conformer", "squeezeformer"])

@@ -123,29 +123,22 @@ def _sparse_preset() -> SparsityConfig:
     )
 
 
+# Conformer-S and Squeezeformer-XS share their shape: 16 blocks of width 144, 4 heads, FFN 576, kernel 31.
+_SMALL_CONV_ENCODER: dict[str, Any] = dict(
+    num_layers=16,
+    dim=144,
+    num_heads=4,
+    ffn_dim=576,
+    activation_dropout=0.1,
+    layerdrop=0.0,
+    conv_kernel_size=31,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "hubert_base": {},
-    "conformer_s": dict(
-        kind="conformer",
-        num_layers=16,
-        dim=144,
-        num_heads=4,
-        ffn_dim=576,
-        activation_dropout=0.1,
-        layerdrop=0.0,
-        conv_kernel_size=31,
-    ),
+    "conformer_s": dict(kind="conformer", **_SMALL_CONV_ENCODER),
     "squeezeformer_xs": dict(
-        kind="squeezeformer",
-        num_layers=16,
-        dim=144,
-        num_heads=4,
-        ffn_dim=576,
-        activation_dropout=0.1,
-        layerdrop=0.0,
-        conv_kernel_size=31,
-        time_reduce_idx=7,
-        time_recover_idx=15,
+        kind="squeezeformer", **_SMALL_CONV_ENCODER, time_reduce_idx=7, time_recover_idx=15
     ),
     "sparseformer_dn_s": dict(num_layers=16, dim=256, num_heads=4, ffn_dim=1024, sparsity=_sparse_preset()),
     "sparseformer_sw_s": dict(num_layers=8, dim=512, num_heads=4, ffn_dim=2048, sparsity=_sparse_preset()),

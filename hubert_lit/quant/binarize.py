@@ -33,6 +33,7 @@ from hubert_lit.quant.modules import (
     ActivationQuantizer,
     BinaryConv1d,
     BinaryLinear,
+    conv1d_geometry,
     make_activation_quantizer,
 )
 from hubert_lit.quant.spec import FULL_PRECISION_ACTIVATIONS, QuantSpec
@@ -178,15 +179,7 @@ def dequantize(model: nn.Module) -> nn.Module:
             )
         elif isinstance(module, BinaryConv1d):
             plain = nn.Conv1d(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size[0],
-                stride=module.stride[0],
-                padding=module.padding if isinstance(module.padding, str) else module.padding[0],
-                dilation=module.dilation[0],
-                groups=module.groups,
-                bias=module.bias is not None,
-                padding_mode=module.padding_mode,
+                **conv1d_geometry(module),
                 device=module.weight.device,
                 dtype=module.weight.dtype,
             )

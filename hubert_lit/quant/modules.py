@@ -8,6 +8,8 @@ is quantized by an ``input_quant`` submodule (``nn.Identity`` for full-precision
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -211,6 +213,21 @@ class BinaryLinear(_QuantizedWeightMixin, nn.Linear):
         return F.linear(self.input_quant(x), self.quantized_weight(), self.bias)
 
 
+def conv1d_geometry(conv: nn.Conv1d) -> dict[str, Any]:
+    """The constructor arguments that rebuild ``conv``'s shape (channels, kernel, stride, padding, groups, ...)."""
+    return dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size[0],
+        stride=conv.stride[0],
+        padding=conv.padding if isinstance(conv.padding, str) else conv.padding[0],
+        dilation=conv.dilation[0],
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+
+
 class BinaryConv1d(_QuantizedWeightMixin, nn.Conv1d):
     """``nn.Conv1d`` (pointwise, depthwise or full; groups kept) with per-output-channel weight scales."""
 
@@ -250,15 +267,7 @@ class BinaryConv1d(_QuantizedWeightMixin, nn.Conv1d):
     def from_float(cls, conv: nn.Conv1d, weight_bits: int, input_quant: nn.Module | None) -> BinaryConv1d:
         """A BinaryConv1d with ``conv``'s geometry that shares its weight and bias parameters."""
         new = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size[0],
-            stride=conv.stride[0],
-            padding=conv.padding if isinstance(conv.padding, str) else conv.padding[0],
-            dilation=conv.dilation[0],
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
+            **conv1d_geometry(conv),
             weight_bits=weight_bits,
             input_quant=input_quant,
             device=conv.weight.device,
