@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubert_lit.config_dicts import check_known_keys
 from hubert_lit.models.encoders import EncoderConfig, encoder_preset
 from hubert_lit.models.frontend import EXTRACTOR_MODES, FRONTENDS
 
@@ -87,10 +88,7 @@ class HubertConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a HubertConfig dict must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown HubertConfig keys {unknown}; known keys: {sorted(known)}")
+        check_known_keys(cls, data, "HubertConfig")
         values = dict(data)
         if "encoder" in values and not isinstance(values["encoder"], EncoderConfig):
             values["encoder"] = EncoderConfig.from_dict(dict(values["encoder"]))

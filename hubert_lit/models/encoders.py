@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hubert_lit.config_dicts import check_known_keys
 from hubert_lit.models.attention import BACKENDS, AttentionMask, MultiHeadAttention
 from hubert_lit.models.layers import (
     ConvolutionModule,
@@ -100,10 +101,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder config keys {unknown}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, data, "encoder config")
         return cls(**data)
 
 

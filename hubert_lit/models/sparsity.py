@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hubert_lit.config_dicts import check_known_keys
+
 PATTERNS = ("fixed", "strided", "local")
 
 
@@ -84,10 +86,7 @@ class SparsityConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown sparsity config keys {unknown}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, data, "sparsity config")
         return cls(**data)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from hubert_lit.config_dicts import check_known_keys
 from hubert_lit.quant.binarizers import SUPPORTED_ACTIVATION_BITS, SUPPORTED_WEIGHT_BITS
 
 # Module names (fnmatch patterns) kept in full precision by default: the conv front end and the feature
@@ -76,8 +77,5 @@ class QuantSpec:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         if not isinstance(data, dict):
             raise ValueError(f"quant spec must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown quant spec keys {unknown}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, data, "quant spec")
         return cls(**data)
