@@ -9,21 +9,23 @@ rerun after an interruption):
 4. fit it1    python -m hubert_lit fit --config configs/demo.yaml            -> runs/demo/it1
 5. label it2  python -m hubert_lit label --features hubert (layer of it1)     -> data/demo/labels/it1/{train,dev}
 6. fit it2    python -m hubert_lit fit --config configs/demo.yaml --run.name it2 ... -> runs/demo/it2
-7. binarize   python -m hubert_lit fit --config configs/distill/demo_w1a1.yaml   BiT W1A1 student -> runs/demo/bq_w1a1
+7. binarize   python -m hubert_lit fit --config configs/distill/demo_w1a1.yaml   BiT W1A1 student of it1
    export     python -m hubert_lit export                                      packed 1-bit file
 8. profile    python -m hubert_lit profile                                     storage/FLOP/BOP of both models
-9. evaluate   python -m hubert_lit superb-data + evaluate (KS, SID, PR)        -> runs/demo/superb
+9. evaluate   python -m hubert_lit superb-data + evaluate (KS, SID, PR)        it1, it2, student, random init
 
 Stage budgets (corpus size, clusters, steps, wall-clock caps) live in configs/demo.yaml (`demo:` and `trainer:`).
-Finally tables show masked accuracy at the start and end of each iteration (and of the binarized student next to
-its teacher), training throughput (audio seconds per second), the efficiency profile, the quick evaluation, and
-where the checkpoints, logs and configs are.
+Finally tables show the quality of each iteration's k-means units (PNMI against the phone alignments), masked
+accuracy at the start and end of each iteration (and of the binarized student next to its teacher), training
+throughput (audio seconds per second), the efficiency profile, the quick evaluation, and where the checkpoints,
+logs and configs are.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shlex
 import subprocess
@@ -105,7 +107,28 @@ def summarize(name: str, run_dir: Path) -> dict[str, str]:
     }
 
 
-def print_student_table(run_dir: Path) -> None:
+def print_label_quality(label_roots: list[tuple[str, Path]]) -> None:
+    """PNMI and phone purity of each iteration's dev labels (computed by ``label`` from the demo's alignments)."""
+    rows = []
+    for name, root in label_roots:
+        meta = root / "dev" / "meta.json"
+        quality = json.loads(meta.read_text()).get("quality") if meta.is_file() else None
+        if quality:
+            rows.append(
+                {
+                    "targets of": name,
+                    "labels": str(root),
+                    "dev PNMI": f"{quality['pnmi']:.3f}",
+                    "phone purity": f"{quality['phone_purity']:.3f}",
+                    "clusters used": str(quality.get("used_clusters", "-")),
+                }
+            )
+    if rows:
+        print("\nk-means units against the phone alignments (dev):")
+        print_table(rows)
+
+
+def print_student_table(run_dir: Path, teacher: str) -> None:
     """Binarized student next to its full-precision teacher (validation masked accuracy, same masks)."""
     m = read_metrics(run_dir)
     student, teacher = m.get("val/student_masked_acc", []), m.get("val/teacher_masked_acc", [])
@@ -115,7 +138,7 @@ def print_student_table(run_dir: Path) -> None:
     print_table(
         [
             {
-                "model": "teacher (it2, FP32)",
+                "model": f"teacher ({teacher}, FP32)",
                 "first": f"{teacher[0][1]:.3f}",
                 "last": f"{teacher[-1][1]:.3f}",
             },
@@ -323,13 +346,14 @@ def main(argv: list[str] | None = None) -> int:
             run(hubert(*fit), timings, f"fit {name}")
             (run_dir / "DONE").write_text("finished\n")
 
-    # 7. BiT W1A1 student of the iteration-2 model, and its packed export
+    # 7. BiT W1A1 student of the teacher iteration (it1 at demo scale, see configs/demo.yaml), and its export
     bq = demo["binarize"]
     bq_dir = runs / bq["run_name"]
     it2_ckpt = runs / "it2" / "checkpoints" / "last.ckpt"
+    teacher_ckpt = runs / bq["teacher"] / "checkpoints" / "last.ckpt"
     if not skip("binarize", bq_dir / "DONE"):
         run(
-            hubert("fit", "--config", bq["config"], f"--model.teacher={it2_ckpt}", "--ckpt_path", "last"),
+            hubert("fit", "--config", bq["config"], f"--model.teacher={teacher_ckpt}", "--ckpt_path", "last"),
             timings,
             "binarize",
         )
@@ -344,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 8. efficiency profile of the full-precision and the binarized model
     seconds = str(demo["profile"]["seconds"])
-    for ckpt in (it2_ckpt, packed):
+    for ckpt in (teacher_ckpt, packed):
         run(
             hubert("profile", "--checkpoint", str(ckpt), "--seconds", seconds, "--runs", "3"),
             timings,
@@ -362,11 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     eval_out = runs / "superb"
     lrs = [f"{task}={lr}" for task, lr in ev["lrs"].items()]
-    for run_name, ckpt, extra in (
+    eval_runs = (
+        ("demo_it1", it1_ckpt, []),
         ("demo_it2", it2_ckpt, []),
         ("demo_bq_w1a1", packed, []),
-        ("demo_random_init", it2_ckpt, ["--random-init"]),
-    ):
+        ("demo_random_init", it1_ckpt, ["--random-init"]),
+    )
+    for run_name, ckpt, extra in eval_runs:
         if not skip(f"evaluate {run_name}", eval_out / f"{run_name}.json"):
             run(
                 hubert(
@@ -395,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     print("\n=== demo summary ===")
     print_table([summarize(name, runs / name) for name, *_ in iterations])
-    print_student_table(bq_dir)
-    print_eval_table(eval_out, ["demo_it2", "demo_bq_w1a1", "demo_random_init"])
+    print_label_quality([(name, label_root) for name, _, label_root, _ in iterations])
+    print_student_table(bq_dir, bq["teacher"])
+    print_eval_table(eval_out, [name for name, *_ in eval_runs])
     curves = plot_curves(runs, [name for name, *_ in iterations], bq_dir)
     if curves is not None:
         print(f"\ntraining curves: {curves}")
@@ -412,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         if wandb_dir.is_dir():
             print(f"     W&B offline run in {wandb_dir} (upload: wandb sync {wandb_dir}/offline-run-*)")
     print(
-        "\nload a model: python -c \"import hubert_lit; m = hubert_lit.load_model('runs/demo/it2/checkpoints/last.ckpt')\""
+        "\nload a model: python -c \"import hubert_lit; m = hubert_lit.load_model('runs/demo/it1/checkpoints/last.ckpt')\""
     )
     return 0
 

@@ -351,9 +351,19 @@ def test_export_command(tmp_path, capsys):
     assert export.main(["--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "m.packed")]) == 0
     text = capsys.readouterr().out
     assert "packed export" in text and "verified" in text
-    fp = tiny("vanilla")
+    assert export.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_export_of_a_full_precision_model_writes_a_plain_model_file(tmp_path, capsys):
+    from hubert_lit.quant import export
+
+    fp = tiny("vanilla").eval()
     save_model(fp, tmp_path / "fp.pt")
-    assert export.main(["--checkpoint", str(tmp_path / "fp.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert export.main(["--checkpoint", str(tmp_path / "fp.pt"), "--out", str(tmp_path / "fp_export.pt")]) == 0
+    assert "verified" in capsys.readouterr().out
+    reloaded = load_model(tmp_path / "fp_export.pt")
+    assert getattr(reloaded, "quant_spec", None) is None
+    assert _outputs_equal(fp, reloaded)
 
 
 def test_packed_bits_match_the_forward_weights():

@@ -1,5 +1,8 @@
 """``python -m hubert_lit export``: write a quantized model with its weights packed 8 per byte.
 
+A full-precision checkpoint is written as a plain model file instead (:func:`hubert_lit.models.save_model`:
+config + weights, no optimizer or trainer state), the file to hand to ``evaluate`` or the s3prl upstream.
+
 File format (``torch.save`` of a dict; :func:`hubert_lit.load_model` reads it through :func:`model_from_packed`)::
 
     {"format": "hubert-lit-packed/1",
@@ -171,7 +174,9 @@ def fp32_checkpoint_bytes(model: nn.Module) -> int:
 
 def verify_export(model: nn.Module, path: str | os.PathLike, seconds: float = 1.0) -> bool:
     """Reload ``path`` and check that its features equal ``model``'s on a random waveform (``torch.equal``)."""
-    reloaded = load_packed(path)
+    from hubert_lit import load_model
+
+    reloaded = load_model(path)
     model = model.eval()
     generator = torch.Generator().manual_seed(0)
     samples = int(16000 * seconds)
@@ -183,6 +188,22 @@ def verify_export(model: nn.Module, path: str | os.PathLike, seconds: float = 1.
     return all(torch.equal(a, b) for a, b in zip(ref, got)) and len(ref) == len(got)
 
 
+def _export_full_precision(model: nn.Module, args: argparse.Namespace) -> int:
+    from hubert_lit.models import save_model
+
+    save_model(model, args.out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"full-precision model: {params:,} parameters")
+    print(f"checkpoint file      {_megabytes(args.checkpoint.stat().st_size):>12}  {args.checkpoint}")
+    print(f"model file           {_megabytes(args.out.stat().st_size):>12}  {args.out}")
+    if not args.no_verify:
+        if not verify_export(model, args.out):
+            print(f"error: {args.out} does not reproduce the checkpoint's outputs")
+            return 1
+        print("verified: the reloaded model file gives identical features")
+    return 0
+
+
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -191,15 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hubert_lit export",
         description="Pack a quantized (BiT) model's binary weights 8 per byte into a file hubert_lit.load_model "
-        "reads; prints its size next to the FP32 checkpoint's.",
+        "reads; prints its size next to the FP32 checkpoint's. A full-precision checkpoint becomes a plain model "
+        "file (config + weights, no optimizer state).",
     )
     parser.add_argument(
         "--checkpoint",
         required=True,
         type=Path,
-        help="a quantized model: distillation checkpoint (.ckpt) or a save_model file",
+        help="a distillation or pretraining checkpoint (.ckpt) or a save_model file",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output file (e.g. model.packed.pt)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output file (e.g. model.packed.pt, or model.pt for FP)"
+    )
     parser.add_argument(
         "--no-verify",
         action="store_true",
@@ -218,11 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = load_model(args.checkpoint)
     if getattr(model, "quant_spec", None) is None:
-        print(
-            f"error: {args.checkpoint} holds a full-precision model; export packs quantized models "
-            "(distil one with configs/distill/*.yaml first)"
-        )
-        return 2
+        return _export_full_precision(model, args)
     size = export_model(model, args.out)
     layers = list(quantized_layers(model))
     binary_params = sum(layer.weight.numel() for _, layer in layers)
