@@ -128,7 +128,7 @@ def print_label_quality(label_roots: list[tuple[str, Path]]) -> None:
         print_table(rows)
 
 
-def print_student_table(run_dir: Path, teacher: str) -> None:
+def print_student_table(run_dir: Path, teacher_name: str) -> None:
     """Binarized student next to its full-precision teacher (validation masked accuracy, same masks)."""
     m = read_metrics(run_dir)
     student, teacher = m.get("val/student_masked_acc", []), m.get("val/teacher_masked_acc", [])
@@ -138,7 +138,7 @@ def print_student_table(run_dir: Path, teacher: str) -> None:
     print_table(
         [
             {
-                "model": f"teacher ({teacher}, FP32)",
+                "model": f"teacher ({teacher_name}, FP32)",
                 "first": f"{teacher[0][1]:.3f}",
                 "last": f"{teacher[-1][1]:.3f}",
             },

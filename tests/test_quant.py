@@ -359,7 +359,9 @@ def test_export_of_a_full_precision_model_writes_a_plain_model_file(tmp_path, ca
 
     fp = tiny("vanilla").eval()
     save_model(fp, tmp_path / "fp.pt")
-    assert export.main(["--checkpoint", str(tmp_path / "fp.pt"), "--out", str(tmp_path / "fp_export.pt")]) == 0
+    assert (
+        export.main(["--checkpoint", str(tmp_path / "fp.pt"), "--out", str(tmp_path / "fp_export.pt")]) == 0
+    )
     assert "verified" in capsys.readouterr().out
     reloaded = load_model(tmp_path / "fp_export.pt")
     assert getattr(reloaded, "quant_spec", None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -110,6 +111,54 @@ def test_diarization_mapping_maximises_overlap():
     assert diarization_error(reference, hypothesis)["confusion"] == 0.0
     with pytest.raises(ValueError, match="start <= end"):
         diarization_error([("A", 5, 1)], [])
+
+
+def _random_segments(rng: random.Random, speakers: str, count: int) -> list[tuple[str, float, float]]:
+    """Up to ``count`` turns per speaker on a 10 ms grid within 0-25 s; speakers overlap each other, a speaker never
+    overlaps itself (as in an RTTM file)."""
+    out = []
+    for speaker in speakers:
+        t = rng.randrange(0, 500) / 100
+        for _ in range(rng.randrange(0, count + 1)):
+            end = t + rng.randrange(10, 400) / 100
+            out.append((speaker, t, end))
+            t = end + rng.randrange(1, 300) / 100
+    rng.shuffle(out)
+    return out
+
+
+def test_der_equals_pyannote_metrics_on_random_recordings():
+    """Our DER (collar 0, overlap scored) against pyannote.metrics, the reference implementation (a test-only
+    dependency: the runtime keeps its own 60 lines rather than pandas and pyannote.database)."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    def annotation(segments):
+        result = Annotation()
+        for i, (speaker, start, end) in enumerate(segments):
+            result[Segment(start, end), i] = speaker
+        return result
+
+    rng = random.Random(0)
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    references, hypotheses = [], []
+    for _ in range(40):
+        reference = _random_segments(rng, "AB" if rng.random() < 0.5 else "ABC", 4)
+        reference = reference or [("A", 0.0, 1.0)]
+        hypothesis = _random_segments(rng, "0123"[: rng.randrange(1, 5)], rng.randrange(0, 5))
+        ours = diarization_error(reference, hypothesis)
+        scored = Timeline([Segment(0.0, 100.0)])  # everything, as ours scores it
+        theirs = metric(annotation(reference), annotation(hypothesis), uem=scored, detailed=True)
+        for key, their_key in (
+            ("total", "total"),
+            ("missed", "missed detection"),
+            ("false_alarm", "false alarm"),
+            ("confusion", "confusion"),
+        ):
+            assert ours[key] == pytest.approx(theirs[their_key], abs=1e-6), (key, reference, hypothesis)
+        references.append(reference)
+        hypotheses.append(hypothesis)
+    assert diarization_error_rate(references, hypotheses) == pytest.approx(abs(metric), abs=1e-9)
 
 
 def test_term_weighted_value_and_its_maximum():

@@ -167,7 +167,8 @@ def diarization_error(reference: Sequence[Segment], hypothesis: Sequence[Segment
 
     Returns ``{"total", "missed", "false_alarm", "confusion"}`` in the segments' time unit; the hypothesis
     speakers are mapped one-to-one onto reference speakers to maximise the overlapping time (exhaustively, so
-    at most 8 speakers per side).
+    at most 8 speakers per side). Overlapping segments of one speaker count once (their union). Equal to
+    pyannote.metrics' ``DiarizationErrorRate(collar=0, skip_overlap=False)`` (tested on random recordings).
     """
     _validate_segments(reference, "reference")
     _validate_segments(hypothesis, "hypothesis")

@@ -64,7 +64,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
         "qbe": {"num_docs": 200, "doc_speakers": 8, "terms_per_split": 25},
         "ic": {"speakers": _splits(24, 4, 4), "utterances": _splits(20, 31, 31)},
         "sf": {"speakers": _splits(20, 4, 4), "utterances": _splits(20, 15, 15)},
-        "sid": {"num_speakers": 32, "utterances": _splits(8, 2, 2)},
+        "sid": {"num_speakers": 32, "utterances": _splits(8, 4, 4)},
         "asv": {"speakers": _splits(32, 5, 8), "utterances": _splits(8, 6, 6)},
         "sd": {"speakers": _splits(24, 6, 6), "mixtures": _splits(200, 40, 40)},
         "prosody": {"speakers": _splits(16, 4, 4), "sentences_per_preset": 4},
