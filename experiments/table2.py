@@ -125,9 +125,16 @@ def markdown(runs: list[dict]) -> str:
         lines.append(
             f"Runs without a profile (storage from FP32 parameter counts, no BOP): {', '.join(fallbacks)}."
         )
-    scales = {json.dumps(r.get("data_scale"), sort_keys=True) for r in runs}
-    if len(scales) > 1:
-        lines.append("Warning: the runs used different data scales; compare only runs on the same scale.")
+    scales_of_task: dict[str, set[str]] = {}
+    for r in runs:
+        for task, scale in (r.get("data_scale") or {}).items():
+            scales_of_task.setdefault(task, set()).add(str(scale))
+    mixed = sorted(task for task, scales in scales_of_task.items() if len(scales) > 1)
+    if mixed:
+        lines.append(
+            f"Warning: the runs used different data scales for {', '.join(mixed)}; compare only runs on the same "
+            "scale."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -254,6 +254,12 @@ def test_evaluate_runs_every_task_end_to_end(tiny_superb, tmp_path, capsys):
     assert "The tasks differ" in text and "| ours (Mini-SUPERB) | random_tiny |" in text
     assert "| paper (SUPERB) | bq_conformer_s | FP32-W1A1 |" in text
     assert (out / "table2_storage.png").stat().st_size > 0 and (out / "table2_bop.png").stat().st_size > 0
+    # runs of different task subsets on the same scale are comparable; one task on two scales is flagged
+    subset = dict(report, run="ks_only", data_scale={"ks": "tiny"})
+    assert "different data scales" not in table2.markdown([report, subset])
+    assert "different data scales for ks;" in table2.markdown(
+        [report, dict(subset, data_scale={"ks": "small"})]
+    )
 
 
 def test_evaluate_rejects_bad_options(tmp_path, capsys):
