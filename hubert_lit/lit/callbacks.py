@@ -44,10 +44,19 @@ def _is_local_path(path: str | os.PathLike) -> bool:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local writes are atomic (temp file in the same folder + ``os.replace``).
+    """``TorchCheckpointIO`` whose local writes are atomic (temp file in the same folder + ``os.replace``) and
+    whose reads never unpickle code.
 
-    Remote URLs (``s3://`` ...) go through Lightning's fsspec path unchanged.
+    Remote URLs (``s3://`` ...) go through Lightning's fsspec path unchanged. Every read uses
+    ``torch.load(weights_only=True)``, whatever the caller asks: Lightning defaults to ``weights_only=False`` for
+    an ``http(s)://`` ``ckpt_path``, and a checkpoint is a user's file (suite checkpoints hold only tensors,
+    numbers, strings and containers, so they need nothing more).
     """
+
+    def load_checkpoint(
+        self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:

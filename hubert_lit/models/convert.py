@@ -170,34 +170,58 @@ class _Stub:
             self._state = state
 
 
-# What a torch checkpoint legitimately needs; everything else becomes an inert stub.
-_ALLOWED_NAMES = {
-    "builtins": {"set", "frozenset", "slice", "list", "dict", "tuple", "bytearray", "complex", "object"},
-    "collections": {"OrderedDict", "defaultdict", "deque"},
-    "argparse": {"Namespace"},
-    "copyreg": {"_reconstructor"},
-    "_codecs": {"encode"},
-    "numpy": {"dtype", "ndarray"},
-    "numpy.core.multiarray": {"_reconstruct", "scalar"},
-    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+# Exactly the globals a torch checkpoint of plain tensors and containers needs; everything else becomes an
+# inert stub. Each entry is a class or a function that only rebuilds data: none can run a command, import a
+# module or reach another global (a module-wide rule such as "anything under torch" would let
+# ``torch.utils.collect_env.run`` or ``torch.load`` through).
+_ALLOWED_GLOBALS: dict[str, frozenset[str]] = {
+    "builtins": frozenset(
+        {"set", "frozenset", "slice", "list", "dict", "tuple", "bytearray", "complex", "object"}
+    ),
+    "collections": frozenset({"OrderedDict", "defaultdict", "deque", "Counter"}),
+    "argparse": frozenset({"Namespace"}),
+    "copyreg": frozenset({"_reconstructor"}),
+    "_codecs": frozenset({"encode"}),
+    "numpy": frozenset({"dtype", "ndarray"}),
+    "numpy.core.multiarray": frozenset({"_reconstruct", "scalar"}),
+    "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
+    "torch": frozenset({"Size"}),
+    "torch._utils": frozenset(
+        {
+            "_rebuild_tensor",
+            "_rebuild_tensor_v2",
+            "_rebuild_tensor_v3",
+            "_rebuild_parameter",
+            "_rebuild_parameter_with_state",
+        }
+    ),
 }
 
 
 def _allowed(module: str, name: str) -> bool:
     if "." in name:  # no attribute chains (pickle protocol 4 would follow them)
         return False
-    if module == "torch" or module.startswith("torch."):
+    if name in _ALLOWED_GLOBALS.get(module, ()):
         return True
-    if module.startswith("numpy.dtypes"):
-        return True
-    return name in _ALLOWED_NAMES.get(module, ())
+    if (
+        module == "torch"
+    ):  # dtypes (torch.float32, ...) are pickled as globals; they are values, not callables
+        return isinstance(getattr(torch, name, None), torch.dtype)
+    if module == "numpy.dtypes":  # numpy >= 1.25 pickles dtypes through their classes
+        import numpy
+
+        cls = getattr(numpy.dtypes, name, None)
+        return isinstance(cls, type) and issubclass(cls, numpy.dtype)
+    return False
 
 
 class _StubUnpickler(pickle.Unpickler):
-    """Unpickler that imports only torch/numpy/standard containers and stubs every other class.
+    """Unpickler that resolves only the exact globals of ``_ALLOWED_GLOBALS`` and stubs every other one.
 
     Released fairseq checkpoints hold fairseq objects (e.g. the label ``Dictionary`` in ``task_state``); stubbing
-    them lets us read the file without fairseq and without running code from other modules.
+    them lets us read the file without fairseq, and a global that would run something (``os.system``,
+    ``builtins.exec``, ``subprocess.Popen``, a torch function) becomes an inert stub too: calling it only records
+    its arguments.
     """
 
     def find_class(self, module: str, name: str) -> Any:
