@@ -55,6 +55,7 @@ def measure(
     threads: int,
 ) -> dict[str, float | str]:
     """Time and memory of one preset; returns a row of the table."""
+    from hubert_lit.lit.losses import batch_objective, prediction_terms
     from hubert_lit.models import build_hubert
 
     torch.set_num_threads(threads)
@@ -76,7 +77,7 @@ def measure(
     def forward_backward() -> None:
         model.train()
         with autocast:
-            loss = model(wav, lengths, labels).loss
+            loss = batch_objective(model.config, prediction_terms(model(wav, lengths, labels)))
         loss.backward()
         model.zero_grad(set_to_none=True)
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hubert_lit.lit.losses import batch_objective, prediction_terms  # noqa: E402
 from hubert_lit.models import build_hubert  # noqa: E402
 
 # "preset:field=value" applies an override; vanilla with the wav2vec 2.0 front end is torchaudio's architecture.
@@ -67,7 +68,8 @@ def ours_step(spec: str, waves, lengths, labels, autocast):
     def step():
         with autocast():
             out = model(waves, lengths, labels=labels)
-        out.loss.backward()
+            loss = batch_objective(model.config, prediction_terms(out))
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

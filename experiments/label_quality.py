@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hubert_lit.data.label_files import load_label_meta  # noqa: E402
-from hubert_lit.labels import label as label_tool  # noqa: E402
+from hubert_lit.labels import cli as label_tool  # noqa: E402
 
 METRICS = (("pnmi", "PNMI"), ("phone_purity", "phone purity"), ("cluster_purity", "cluster purity"))
 

@@ -1,13 +1,22 @@
 """hubert-lit: HuBERT pretraining with swappable encoders, BiT binarization, profiling and SUPERB-style evaluation."""
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.2.0"
+
+if TYPE_CHECKING:
+    from hubert_lit.checkpoint import load_model, save_model
+
+__all__ = ["__version__", "load_model", "save_model"]
 
 
-def load_model(path, map_location="cpu"):
-    """Rebuild a model, in eval mode, from any file the suite writes (pretraining ``.ckpt``, ``save_model`` files).
+def __getattr__(name: str):
+    # ``hubert_lit.load_model`` / ``save_model`` (hubert_lit.checkpoint) imported on first use, so that
+    # ``python -m hubert_lit synth`` does not pay for importing torch.
+    if name in ("load_model", "save_model"):
+        from hubert_lit import checkpoint
 
-    See :func:`hubert_lit.checkpoint.load_model`.
-    """
-    from hubert_lit.checkpoint import load_model as _load
-
-    return _load(path, map_location=map_location)
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'hubert_lit' has no attribute {name!r}")

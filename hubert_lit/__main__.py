@@ -16,14 +16,14 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 TOOLS: dict[str, tuple[str, str]] = {
     "synth": ("hubert_lit.data.synth", "synthesize the demo corpus (LibriSpeech layout) with eSpeak NG"),
     "shard": ("hubert_lit.data.shard", "validate a LibriSpeech-layout split and write webdataset tar shards"),
-    "label": ("hubert_lit.labels.label", "k-means pseudo-labels (MFCC or a HuBERT layer) for a shard set"),
+    "label": ("hubert_lit.labels.cli", "k-means pseudo-labels (MFCC or a HuBERT layer) for a shard set"),
     "export": (
-        "hubert_lit.quant.export",
+        "hubert_lit.export.cli",
         "pack a binarized checkpoint (8 weights per byte) into an inference file",
     ),
     "superb-data": ("hubert_lit.superb.data.build", "build the ten mini-SUPERB task sets with eSpeak NG"),
     "evaluate": (
-        "hubert_lit.superb.evaluate",
+        "hubert_lit.superb.cli",
         "SUPERB-style evaluation of a checkpoint (the paper's Table 2)",
     ),
     "profile": (

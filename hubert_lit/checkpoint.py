@@ -1,61 +1,246 @@
-"""``hubert_lit.load_model``: rebuild a model, in eval mode, from any file the suite writes, without a config.
+"""Every file format of hubert-lit, and the one loader :func:`load_model`.
 
-Recognised files:
+A file is read once, with ``torch.load(weights_only=True)`` (nothing in it can run code), and dispatched on its
+content:
 
-* pretraining checkpoints (``.ckpt``) written by Lightning from :class:`hubert_lit.lit.HubertPretrainModule`:
-  they carry the resolved ``HubertConfig`` dict under ``"hubert_config"`` and the weights under
-  ``state_dict["model.*"]``;
-* model files written by :func:`hubert_lit.models.save_model` (``format: hubert-lit-model/1``).
+* **model file** (:func:`save_model`): ``{"format": "hubert-lit-model/1", "config": HubertConfig dict,
+  "state_dict": {...}}``, plus ``"quant_spec"`` (a ``QuantSpec`` dict) for a binarized model. Config and weights
+  only: the file to hand to ``evaluate``, ``profile`` or the s3prl upstream.
+* **packed export** (:func:`save_packed`)::
 
-Everything is read with ``torch.load(weights_only=True)``: no code from the file runs.
+      {"format": "hubert-lit-packed/1", "config": {...}, "quant_spec": {...},
+       "state_dict": {every full-precision entry: front end, norms, biases, activation scales and shifts, ...},
+       "packed": {"<layer>": {"bits": b, "shape": [...], "codes": uint8 tensor, "step": float32 tensor}}}
+
+  ``codes`` are the b-bit weight codes packed by :func:`hubert_lit.quant.packing.pack_codes`; a weight is
+  ``(code - 2**(b-1) + 1/2) * step`` (``step`` per tensor, or per output channel where the spec says so), the
+  value the quantized layer computes, so a reloaded model's outputs equal the checkpoint's exactly. The latent
+  full-precision weights are not stored: a packed file is for inference, not for further distillation.
+* **Lightning checkpoint** of a suite module (``.ckpt``): Lightning's own keys plus :data:`CONFIG_KEY` (the
+  resolved ``HubertConfig``), :data:`QUANT_SPEC_KEY` (binarized students), :data:`COUNTERS_KEY` (the module's
+  counters) and :data:`RNG_KEY` (every rank's random states); the model's weights are
+  ``state_dict["model.*"]``, and a distillation checkpoint leaves the frozen teacher's ``teacher.*`` out.
+
+Files written by earlier versions use the same formats and load unchanged (``tests/test_checkpoint.py`` loads
+and resumes files written by hubert-lit 0.1.0).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hubert_lit.atomic import atomic_torch_save
 from hubert_lit.models import HubertConfig, HubertModel
-from hubert_lit.models import load_model as load_model_file
+from hubert_lit.quant.binarize import apply_stored_spec, binarize, quantized_layers
+from hubert_lit.quant.packing import pack_codes, unpack_codes
+from hubert_lit.quant.spec import QuantSpec
 
-PRETRAIN_CONFIG_KEY = "hubert_config"  # written by HubertPretrainModule.on_save_checkpoint
-PRETRAIN_WEIGHTS_PREFIX = "model."
+MODEL_FORMAT = "hubert-lit-model/1"
+PACKED_FORMAT = "hubert-lit-packed/1"
 
-
-def is_pretrain_checkpoint(payload: Any) -> bool:
-    """True for a Lightning checkpoint of :class:`~hubert_lit.lit.HubertPretrainModule`."""
-    return isinstance(payload, dict) and PRETRAIN_CONFIG_KEY in payload and "state_dict" in payload
-
-
-def model_from_pretrain_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -> HubertModel:
-    """The HuBERT model (eval mode) stored in a loaded pretraining checkpoint dict."""
-    config = HubertConfig.from_dict(payload[PRETRAIN_CONFIG_KEY])
-    state = {
-        key[len(PRETRAIN_WEIGHTS_PREFIX) :]: value
-        for key, value in payload["state_dict"].items()
-        if key.startswith(PRETRAIN_WEIGHTS_PREFIX)
-    }
-    if not state:
-        raise ValueError(f"{source}: no '{PRETRAIN_WEIGHTS_PREFIX}*' weights in the checkpoint's state_dict")
-    model = HubertModel(config)
-    from hubert_lit.quant.binarize import apply_stored_spec  # lazy: quant imports the model modules
-
-    apply_stored_spec(model, payload.get("quant_spec"))  # distillation checkpoints: the quantized student
-    model.load_state_dict(state)
-    return model.eval()
+# Keys a suite LightningModule adds to Lightning's checkpoint dict.
+CONFIG_KEY = "hubert_config"
+QUANT_SPEC_KEY = "quant_spec"
+COUNTERS_KEY = "hubert_lit_counters"
+RNG_KEY = "hubert_lit_rng_states"
+MODEL_PREFIX = "model."  # the HuBERT model's weights inside the module's state_dict
+TEACHER_PREFIX = "teacher."  # a distillation module's frozen teacher (not stored)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model stored in ``path`` (pretraining ``.ckpt`` or ``save_model`` file), in eval mode."""
+# ----------------------------------------------------------------------------------------------- reading
+def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): an interrupted copy or a full disk?")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(f"{path}: not a readable checkpoint or model file ({err})") from err
-    if is_pretrain_checkpoint(payload):
-        return model_from_pretrain_checkpoint(payload, source=str(path))
-    return load_model_file(path, map_location=map_location)
+
+
+def file_kind(payload: Any, source: str = "<payload>") -> str:
+    """``"model"``, ``"packed"`` or ``"lightning"`` for a loaded file; ``ValueError`` naming ``source`` otherwise."""
+    if isinstance(payload, Mapping):
+        if payload.get("format") == MODEL_FORMAT:
+            return "model"
+        if payload.get("format") == PACKED_FORMAT:
+            return "packed"
+        if CONFIG_KEY in payload and "state_dict" in payload:
+            return "lightning"
+        if "state_dict" in payload and "pytorch-lightning_version" in payload:
+            raise ValueError(
+                f"{source} is a Lightning checkpoint, but not of a hubert-lit module (no {CONFIG_KEY!r} entry)"
+            )
+        found = payload.get("format", sorted(map(str, payload))[:8])
+    else:
+        found = type(payload).__name__
+    raise ValueError(
+        f"{source} is not a hubert-lit model file (expected format {MODEL_FORMAT!r} or {PACKED_FORMAT!r}, or a "
+        f"hubert-lit Lightning checkpoint; found {found!r})"
+    )
+
+
+def _require(payload: Mapping[str, Any], keys: tuple[str, ...], what: str, source: str) -> None:
+    missing = [k for k in keys if k not in payload]
+    if missing:
+        raise ValueError(f"{source}: {what} without {missing}")
+
+
+def _config(data: Any, source: str) -> HubertConfig:
+    try:
+        return HubertConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: bad model config ({err})") from err
+
+
+def config_of(payload: Mapping[str, Any], source: str = "<payload>") -> tuple[HubertConfig, QuantSpec | None]:
+    """The model config and quant spec (None: full precision) stored in a loaded file of any kind."""
+    kind = file_kind(payload, source)
+    if kind == "lightning":
+        config, spec = payload[CONFIG_KEY], payload.get(QUANT_SPEC_KEY)
+    else:
+        _require(payload, ("config",), f"{payload['format']} file", source)
+        config, spec = payload["config"], payload.get("quant_spec")
+    return _config(config, source), None if spec is None else QuantSpec.from_dict(dict(spec))
+
+
+def read_model_config(path: str | os.PathLike) -> tuple[HubertConfig, QuantSpec | None]:
+    """The model config and quant spec of the model stored in ``path`` (any kind of suite file)."""
+    return config_of(read_file(path), str(path))
+
+
+def model_from_payload(payload: Mapping[str, Any], source: str = "<payload>") -> HubertModel:
+    """Rebuild the model (eval mode) stored in a loaded file of any kind."""
+    kind = file_kind(payload, source)
+    if kind == "packed":
+        return model_from_packed(payload, source)
+    config, spec = config_of(payload, source)
+    if kind == "lightning":
+        state = {
+            key[len(MODEL_PREFIX) :]: value
+            for key, value in payload["state_dict"].items()
+            if key.startswith(MODEL_PREFIX)
+        }
+        if not state:
+            raise ValueError(f"{source}: no '{MODEL_PREFIX}*' weights in the checkpoint's state_dict")
+    else:
+        _require(payload, ("state_dict",), f"{MODEL_FORMAT} file", source)
+        state = payload["state_dict"]
+    model = HubertModel(config)
+    apply_stored_spec(model, spec)  # binarized: rebuild the quantized layers before loading their state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{source}: weights do not match the stored config ({err})") from err
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> HubertModel:
+    """Rebuild the model stored in ``path``, in eval mode, whatever kind of suite file it is (pretraining or
+    distillation ``.ckpt``, model file, packed export)."""
+    return model_from_payload(read_file(path, map_location), str(path))
+
+
+# ----------------------------------------------------------------------------------------------- model files
+def model_file_payload(model: HubertModel) -> dict[str, Any]:
+    """The model-file dict of ``model`` (config, weights, and its quant spec when binarized)."""
+    payload = {"format": MODEL_FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict()}
+    if model.quant_spec is not None:
+        payload["quant_spec"] = model.quant_spec.to_dict()
+    return payload
+
+
+def save_model(model: HubertModel, path: str | os.PathLike) -> None:
+    """Write ``model`` as a model file, atomically (temporary file + ``os.replace``)."""
+    atomic_torch_save(model_file_payload(model), path)
+
+
+# ----------------------------------------------------------------------------------------------- packed exports
+def packed_payload(model: HubertModel) -> dict[str, Any]:
+    """The packed-export dict (see the module docstring) of a binarized ``model``."""
+    spec = model.quant_spec
+    if spec is None:
+        raise ValueError(
+            "the model is full precision; packing needs a binarized model (run a distillation first)"
+        )
+    packed: dict[str, Any] = {}
+    skip: set[str] = set()
+    for name, layer in quantized_layers(model):
+        codes, step = layer.weight_codes()
+        packed[name] = {
+            "bits": layer.weight_bits,
+            "shape": list(layer.weight.shape),
+            "codes": pack_codes(codes, layer.weight_bits),
+            "step": step.detach().cpu().float().clone(),
+        }
+        skip.update({f"{name}.weight", f"{name}.weight_is_quantized"})
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
+    return {
+        "format": PACKED_FORMAT,
+        "config": model.config.to_dict(),
+        "quant_spec": spec.to_dict(),
+        "state_dict": state,
+        "packed": packed,
+    }
+
+
+def save_packed(model: HubertModel, path: str | os.PathLike) -> int:
+    """Write the packed export of ``model`` to ``path`` atomically; returns the file size in bytes."""
+    atomic_torch_save(packed_payload(model), path)
+    return Path(path).stat().st_size
+
+
+def model_from_packed(payload: Mapping[str, Any], source: str = "<payload>") -> HubertModel:
+    """Rebuild the binarized model of a packed export, in eval mode."""
+    _require(payload, ("config", "quant_spec", "state_dict", "packed"), "packed export", source)
+    model = HubertModel(_config(payload["config"], source))
+    binarize(model, QuantSpec.from_dict(dict(payload["quant_spec"])))
+    layers = dict(quantized_layers(model))
+    if set(layers) != set(payload["packed"]):
+        missing, extra = (
+            sorted(set(layers) - set(payload["packed"])),
+            sorted(set(payload["packed"]) - set(layers)),
+        )
+        raise ValueError(
+            f"{source}: packed layers do not match the rebuilt model (missing {missing}, unexpected {extra})"
+        )
+    result = model.load_state_dict(payload["state_dict"], strict=False)
+    expected_missing = {f"{n}.{p}" for n in layers for p in ("weight", "weight_is_quantized")}
+    if set(result.missing_keys) != expected_missing or result.unexpected_keys:
+        raise ValueError(
+            f"{source}: state_dict does not match the model: missing "
+            f"{sorted(set(result.missing_keys) - expected_missing)}, unexpected {sorted(result.unexpected_keys)}"
+        )
+    for name, layer in layers.items():
+        entry = payload["packed"][name]
+        shape = tuple(entry["shape"])
+        if shape != tuple(layer.weight.shape) or entry["bits"] != layer.weight_bits:
+            raise ValueError(
+                f"{source}: packed layer {name!r} has shape {shape} / {entry['bits']} bits, the model expects "
+                f"{tuple(layer.weight.shape)} / {layer.weight_bits} bits"
+            )
+        layer.load_quantized_weight(unpack_codes(entry["codes"], entry["bits"], shape), entry["step"])
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------- Lightning
+def module_entries(model: HubertModel, counters: Mapping[str, int]) -> dict[str, Any]:
+    """What a suite LightningModule adds to its checkpoint dict: the model config (so :func:`load_model` needs no
+    preset), the quant spec of a binarized model and the module's counters."""
+    entries: dict[str, Any] = {CONFIG_KEY: model.config.to_dict(), COUNTERS_KEY: dict(counters)}
+    if model.quant_spec is not None:
+        entries[QUANT_SPEC_KEY] = model.quant_spec.to_dict()
+    return entries
+
+
+def module_counters(checkpoint: Mapping[str, Any]) -> dict[str, int]:
+    """The counters :func:`module_entries` stored (empty for a checkpoint without them)."""
+    return {k: int(v) for k, v in checkpoint.get(COUNTERS_KEY, {}).items()}

@@ -2,9 +2,10 @@
 
 Configs compose left to right (``--config a.yaml --config b.yaml --model.lr=1e-4``; later wins). A config file
 may name the files it extends with a top-level ``base:`` (a path or a list, relative to the file); they are
-inserted as ``--config`` arguments in front of it, so ``--config configs/pretrain/vanilla_it1.yaml`` is the same
-as ``--config configs/pretrain/base.yaml --config configs/pretrain/vanilla_it1.yaml``. (jsonargparse's own
-nested ``config:`` key is not used: a nested group in the including file silently resets that whole group.)
+inserted as ``--config`` arguments in front of it (:func:`hubert_lit.run_config.expand_bases`), so
+``--config configs/pretrain/vanilla_it1.yaml`` is the same as ``--config configs/pretrain/_base.yaml --config
+configs/pretrain/_iter1.yaml --config configs/pretrain/vanilla_it1.yaml``. (jsonargparse's own nested ``config:``
+key is not used: a nested group in the including file silently resets that whole group.)
 
 On top of Lightning's options the suite adds:
 
@@ -44,8 +45,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from hubert_lit.data.datamodule import ShardDataModule
+from hubert_lit.lit.base import HubertLightningModule
 from hubert_lit.lit.callbacks import AtomicCheckpointIO, FeatureWriter, RNGStateCallback
 from hubert_lit.lit.pretrain import HubertPretrainModule
+from hubert_lit.run_config import RunConfigError, expand_bases
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +72,6 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- base: expansion
-def _config_paths_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
-    """``path`` preceded by the files its ``base:`` key names (recursively, depth first)."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' files include each other: {' -> '.join(map(str, (*seen, path)))}")
-    if not path.is_file():
-        return [path]  # jsonargparse reports the missing file
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    bases = data.get("base") if isinstance(data, dict) else None
-    if bases is None:
-        return [path]
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: 'base' must be a path or a list of paths, got {bases!r}")
-    out: list[Path] = []
-    for base in bases:
-        out += _config_paths_with_bases(path.parent / base, (*seen, path))
-    return [*out, path]
-
-
 def expand_config_bases(argv: list[str]) -> list[str]:
     """Insert ``--config <base>`` in front of every ``--config <file>`` whose file has a ``base:`` key."""
     out: list[str] = []
@@ -106,7 +87,7 @@ def expand_config_bases(argv: list[str]) -> list[str]:
             out.append(arg)
             i += 1
             continue
-        paths = _config_paths_with_bases(Path(value))
+        paths = expand_bases(value)
         for p in paths[:-1]:
             out += ["--config", str(p)]
         out += ["--config", value]
@@ -134,8 +115,19 @@ def _data_dirs(data: Namespace) -> dict[str, Any]:
     }
 
 
-# Data stages whose batches HubertPretrainModule trains or evaluates on (with labels), per subcommand.
+# Data stages whose batches a module trains or evaluates on (with labels), per subcommand.
 LABELLED_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+def _module_class(class_path: str) -> type[HubertLightningModule]:
+    """The LightningModule class a ``model.class_path`` names (already validated by jsonargparse)."""
+    import importlib
+
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    if not (isinstance(cls, type) and issubclass(cls, HubertLightningModule)):
+        raise ConfigError(f"model.class_path: {class_path} is not a hubert-lit module")
+    return cls
 
 
 def check_config(cfg: Namespace, subcommand: str) -> None:
@@ -144,18 +136,18 @@ def check_config(cfg: Namespace, subcommand: str) -> None:
 
     data = cfg.get("data")
     model = cfg.get("model")
-    pretraining = model is not None  # HubertPretrainModule itself, not a subclass such as BiTDistillModule
+    module: type[HubertLightningModule] = HubertPretrainModule
     if model is not None and model.get("init_args") is not None:  # model named by class_path (subclass mode)
-        pretraining = str(model.get("class_path")).endswith(".HubertPretrainModule")
+        module = _module_class(str(model.get("class_path")))
         model = model.init_args
-    if pretraining and data is not None:
-        # HubertPretrainModule's steps need the batch's "labels"; without them the run would build everything
-        # and then stop at its first step with a bare KeyError.
+    if model is not None and data is not None and module.requires_labels(model):
+        # A module that trains on the batch's "labels" would otherwise build everything and then stop at its
+        # first step with a bare KeyError.
         for stage in LABELLED_STAGES.get(subcommand, ()):
             if data.get(f"{stage}_shards") is not None and data.get(f"{stage}_labels") is None:
                 raise ConfigError(
-                    f"data.{stage}_labels is not set: pretraining needs the labels folder of data.{stage}_shards "
-                    "(write one with `python -m hubert_lit label`)"
+                    f"data.{stage}_labels is not set: {module.__name__} needs the labels folder of "
+                    f"data.{stage}_shards (write one with `python -m hubert_lit label`)"
                 )
     if data is not None:
         for key, value in _data_dirs(data).items():
@@ -332,8 +324,8 @@ class HubertLightningCLI(LightningCLI):
 def names_model_class(argv: list[str]) -> bool:
     """True when the (base-expanded) arguments name the model class: ``model: {class_path: ...}`` in a config file
     or ``--model.class_path`` / ``--model=<class>`` on the command line (e.g. ``hubert_lit.lit.distill.
-    BiTDistillModule``, a HubertPretrainModule subclass). The CLI then runs in subclass mode; otherwise the model is
-    HubertPretrainModule and configs give its arguments directly under ``model:``."""
+    BiTDistillModule``). The CLI then runs in subclass mode (any :class:`~hubert_lit.lit.base.HubertLightningModule`);
+    otherwise the model is HubertPretrainModule and configs give its arguments directly under ``model:``."""
     for i, arg in enumerate(argv):
         if arg == "--model" or arg.startswith(("--model=", "--model.class_path")):
             return True
@@ -356,16 +348,17 @@ def lightning_main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=message)
     try:
         argv = expand_config_bases(argv)
-    except (ConfigError, yaml.YAMLError) as err:
+    except (ConfigError, RunConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if argv and argv[0] == "predict" and not any(a.startswith("--return_predictions") for a in argv):
         argv.append("--return_predictions=false")  # features go to disk (FeatureWriter), not into memory
     try:
+        subclass_mode = names_model_class(argv)
         HubertLightningCLI(
-            HubertPretrainModule,
+            HubertLightningModule if subclass_mode else HubertPretrainModule,
             ShardDataModule,
-            subclass_mode_model=names_model_class(argv),
+            subclass_mode_model=subclass_mode,
             args=argv,
             seed_everything_default=1337,
             save_config_kwargs={"overwrite": True},

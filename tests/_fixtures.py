@@ -91,6 +91,35 @@ def make_tone_dataset(
     return shards, label_dir
 
 
+def cpu_fit_args(
+    shards: Path,
+    labels: Path,
+    run_root: Path,
+    name: str,
+    steps: int,
+    *extra: str,
+    batch_size: int = 2,
+    num_workers: int = 0,
+) -> list[str]:
+    """``fit`` arguments of a tiny CPU run on a tone corpus (no validation, CSV logs only); add the model."""
+    return [
+        "fit",
+        "--config",
+        str(Path(__file__).resolve().parent.parent / "configs/trainer/cpu_demo.yaml"),
+        f"--data.train_shards={shards}",
+        f"--data.train_labels={labels}",
+        f"--data.batch_size={batch_size}",
+        "--data.min_sample_size=8000",
+        f"--data.num_workers={num_workers}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.num_sanity_val_steps=0",
+        f"--run.root={run_root}",
+        f"--run.name={name}",
+        "--run.loggers=[csv]",
+        *extra,
+    ]
+
+
 # ----------------------------------------------------------------------------------------------- test callbacks
 # Used through the CLI as `--trainer.callbacks+=_fixtures.<Name>` (tests/ is on PYTHONPATH in the tests).
 import lightning.pytorch as pl  # noqa: E402

@@ -120,7 +120,7 @@ def test_every_paper_config_resolves(encoder, capsys, monkeypatch):
         (["--run.loggers=[tensorboard]"], "unknown logger 'tensorboard'"),
         (
             ["--data.train_labels=null", "--model.num_classes=4"],
-            "data.train_labels is not set: pretraining needs the labels folder of data.train_shards",
+            "data.train_labels is not set: HubertPretrainModule needs the labels folder of data.train_shards",
         ),
     ],
 )

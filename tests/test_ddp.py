@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_end_with_identical_weights(tmp_path):
     shards, labels = make_tone_dataset(tmp_path / "data", speakers=2, utterances=8, shard_size=4, seed=0)
     dump = tmp_path / "weights"

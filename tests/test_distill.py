@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import hubert_lit
-from hubert_lit.lit.distill import BiTDistillModule, hidden_state_mse, soft_cross_entropy
-from hubert_lit.models import build_hubert, save_model
+from hubert_lit.checkpoint import save_model
+from hubert_lit.lit.distill import BiTDistillModule
+from hubert_lit.lit.losses import hidden_state_mse, soft_cross_entropy
+from hubert_lit.models import build_hubert
 from hubert_lit.quant import activation_quantizers, quantized_layers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +65,7 @@ def eval_loss(module: BiTDistillModule, batches: list[dict]) -> float:
     module.eval()
     torch.manual_seed(123)  # the same masks for every evaluation
     with torch.no_grad():
-        return sum(float(module._forward_pair(b)[0]) for b in batches) / len(batches)
+        return sum(float(module._forward_pair(b).loss) for b in batches) / len(batches)
 
 
 class ScaleProbe(pl.Callback):
@@ -149,7 +151,8 @@ def test_logged_metrics(distilled):
 
 def test_teacher_and_student_share_the_mask(teacher_file):
     module = BiTDistillModule(teacher=str(teacher_file), max_steps=10)
-    *_, s_out, t_out = module._forward_pair(make_batches(1, seed=3)[0])
+    step = module._forward_pair(make_batches(1, seed=3)[0])
+    s_out, t_out = step.student, step.teacher
     assert torch.equal(s_out.mask, t_out.mask) and s_out.mask.any()
     assert s_out.logits_masked.shape == t_out.logits_masked.shape
 
@@ -180,7 +183,7 @@ def test_checkpoint_reload_and_the_w1a2_to_w1a1_chain(distilled, tmp_path):
     assert not any(k.startswith("teacher.") for k in stored["state_dict"])
 
     loaded = hubert_lit.load_model(ckpt)
-    assert loaded.quant_spec == module.spec
+    assert loaded.quant_spec == module.model.quant_spec
     student = module.model.eval()
     waves, lengths = make_batches(1, seed=4)[0]["waveforms"], torch.tensor([SAMPLES, SAMPLES])
     with torch.no_grad():
@@ -194,7 +197,7 @@ def test_checkpoint_reload_and_the_w1a2_to_w1a1_chain(distilled, tmp_path):
     )
 
     step2 = BiTDistillModule(teacher=str(ckpt), activation_bits=1, max_steps=10)
-    assert step2.teacher.quant_spec.activation_bits == 2 and step2.spec.activation_bits == 1
+    assert step2.teacher.quant_spec.activation_bits == 2 and step2.model.quant_spec.activation_bits == 1
     assert all(q.bits == 1 and not q.is_initialized() for _, q in activation_quantizers(step2.model))
     latent = dict(quantized_layers(loaded))
     for name, layer in quantized_layers(step2.model):

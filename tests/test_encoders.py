@@ -1,10 +1,13 @@
 """Encoder families: parameter counts, shapes, padding invariance, LayerDrop, gradients, torchaudio parity."""
 
+import dataclasses
+
 import pytest
 import torch
 from torchaudio.models.wav2vec2 import components
 
-from hubert_lit.models.encoders import EncoderConfig, build_encoder, encoder_preset
+from hubert_lit.models.config import preset
+from hubert_lit.models.encoders import EncoderConfig, build_encoder
 from hubert_lit.models.layers import TimeReduction, reduced_lengths
 from hubert_lit.models.sparsity import SparsityConfig
 
@@ -61,7 +64,7 @@ def _num_params(module: torch.nn.Module) -> int:
 #     (2,304) = 533,232; x 16 + time reduction (dw 5d + d, pw d^2 + d: 21,744) + recovery Linear (20,880)
 #     + input LayerNorm 288.
 PRESET_PARAMS = {
-    "hubert_base": 12 * 7_087_872 + 1_536,
+    "vanilla": 12 * 7_087_872 + 1_536,
     "sparseformer_dn_s": 16 * 789_760 + 512,
     "sparseformer_sw_s": 8 * 3_152_384 + 1_024,
     "conformer_s": 7_771_392 + 16 * 21_024,
@@ -71,11 +74,11 @@ PRESET_PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(PRESET_PARAMS))
 def test_preset_parameter_counts(name):
-    assert _num_params(build_encoder(encoder_preset(name))) == PRESET_PARAMS[name]
+    assert _num_params(build_encoder(preset(name).encoder)) == PRESET_PARAMS[name]
 
 
 def test_preset_hyperparameters():
-    base = encoder_preset("hubert_base")
+    base = preset("vanilla").encoder
     assert (base.num_layers, base.dim, base.num_heads, base.ffn_dim) == (12, 768, 12, 3072)
     assert (base.dropout, base.attention_dropout, base.layerdrop, base.layer_norm_first) == (
         0.1,
@@ -85,11 +88,11 @@ def test_preset_hyperparameters():
     )
     assert base.ffn_activation == "gelu" and base.sparsity is None
     for name, shape in [("sparseformer_dn_s", (16, 256, 4)), ("sparseformer_sw_s", (8, 512, 4))]:
-        cfg = encoder_preset(name)
+        cfg = preset(name).encoder
         assert (cfg.num_layers, cfg.dim, cfg.num_heads) == shape and cfg.ffn_dim == 4 * cfg.dim
         assert cfg.sparsity.pattern == "fixed" and cfg.sparsity.block <= 64
     for name in ("conformer_s", "squeezeformer_xs"):
-        cfg = encoder_preset(name)
+        cfg = preset(name).encoder
         assert (cfg.num_layers, cfg.dim, cfg.num_heads, cfg.ffn_dim, cfg.conv_kernel_size) == (
             16,
             144,
@@ -98,13 +101,13 @@ def test_preset_hyperparameters():
             31,
         )
         assert cfg.ffn_activation == "swish"
-    sq = encoder_preset("squeezeformer_xs")
+    sq = preset("squeezeformer_xs").encoder
     assert (sq.time_reduce_idx, sq.time_recover_idx) == (7, 15)
 
 
 def test_full_presets_preserve_shape():
     for name in ("conformer_s", "squeezeformer_xs"):
-        cfg = encoder_preset(name)
+        cfg = preset(name).encoder
         states = build_encoder(cfg).eval()(torch.randn(1, 51, cfg.dim), torch.tensor([51]))
         assert len(states) == 17 and all(s.shape == (1, 51, 144) for s in states)
 
@@ -253,7 +256,7 @@ def test_transformer_matches_torchaudio(layer_norm_first):
 
 
 def test_encoder_config_round_trip_and_validation():
-    cfg = encoder_preset("sparseformer_dn_s", dropout=0.2)
+    cfg = dataclasses.replace(preset("sparseformer_dn_s").encoder, dropout=0.2)
     data = cfg.to_dict()
     assert isinstance(data["sparsity"], dict)
     assert EncoderConfig.from_dict(data) == cfg
@@ -267,5 +270,5 @@ def test_encoder_config_round_trip_and_validation():
         EncoderConfig(
             kind="squeezeformer", num_layers=4, dim=16, num_heads=2, time_reduce_idx=3, time_recover_idx=2
         )
-    with pytest.raises(ValueError, match="unknown encoder preset"):
-        encoder_preset("conformer_m")
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset("conformer_m")

@@ -20,7 +20,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from _fixtures import make_tone_dataset  # noqa: E402
+from _fixtures import cpu_fit_args, make_tone_dataset  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------- gadgets
@@ -66,12 +66,13 @@ def _entries(tmp_path: Path) -> dict[str, object]:
     import hubert_lit
     from hubert_lit.models.convert import from_fairseq
 
-    def cli(module: str, *args: str):
-        import importlib
+    def cli(command: str, *args: str):
+        """``python -m hubert_lit <command> <args>``, in process."""
+        from hubert_lit.__main__ import main
 
         def run(path: Path) -> int:
             argv = [a.replace("{path}", str(path)).replace("{tmp}", str(tmp_path)) for a in args]
-            return importlib.import_module(module).main(argv)
+            return main([command, *argv])
 
         return run
 
@@ -90,13 +91,11 @@ def _entries(tmp_path: Path) -> dict[str, object]:
         "from_fairseq": from_fairseq,
         "distillation teacher": distill_teacher,
         "s3prl upstream": s3prl_upstream,
-        "export": cli("hubert_lit.quant.export", "--checkpoint", "{path}", "--out", "{tmp}/out.pt"),
-        "profile": cli("hubert_lit.profile.cli", "--checkpoint", "{path}", "--runs", "0"),
-        "evaluate": cli(
-            "hubert_lit.superb.evaluate", "--checkpoint", "{path}", "--data", "{tmp}/superb", "--tasks", "ks"
-        ),
+        "export": cli("export", "--checkpoint", "{path}", "--out", "{tmp}/out.pt"),
+        "profile": cli("profile", "--checkpoint", "{path}", "--runs", "0"),
+        "evaluate": cli("evaluate", "--checkpoint", "{path}", "--data", "{tmp}/superb", "--tasks", "ks"),
         "label --checkpoint": cli(
-            "hubert_lit.labels.label",
+            "label",
             "--shards",
             "{tmp}/data/shards",
             "--out",
@@ -178,24 +177,8 @@ def test_fit_ckpt_path_runs_no_code(tmp_path, tone_shards, http_folder, monkeypa
     for gadget_name, gadget in _gadgets(marker).items():
         hostile = _hostile_file(served / f"{gadget_name}.ckpt", gadget)
         ckpt_path = f"{url}/{hostile.name}" if remote else str(hostile)
-        rc = lightning_main(
-            [
-                "fit",
-                "--config",
-                str(TESTS.parent / "configs/trainer/cpu_demo.yaml"),
-                "--model.preset=vanilla_tiny",
-                "--model.warmup_steps=1",
-                f"--data.train_shards={shards}",
-                f"--data.train_labels={labels}",
-                "--data.batch_size=2",
-                "--data.min_sample_size=8000",
-                "--data.num_workers=0",
-                "--trainer.max_steps=2",
-                f"--run.root={tmp_path / 'runs'}",
-                "--run.loggers=[csv]",
-                f"--ckpt_path={ckpt_path}",
-            ]
-        )
+        args = cpu_fit_args(shards, labels, tmp_path / "runs", "hostile", 2, "--model.preset=vanilla_tiny")
+        rc = lightning_main([*args, "--model.warmup_steps=1", f"--ckpt_path={ckpt_path}"])
         assert rc != 0, f"fit resumed from a hostile checkpoint ({gadget_name})"
         assert not marker.exists(), f"fit --ckpt_path ran the {gadget_name} gadget"
         assert "Weights only load failed" in capsys.readouterr().err  # refused while reading the file

@@ -9,11 +9,18 @@ import torch
 import torch.nn.functional as F
 from torchaudio.models.wav2vec2.components import _compute_logits
 
-from hubert_lit.models import PRESETS, HubertConfig, HubertModel, build_hubert, load_model, save_model
+from hubert_lit.checkpoint import load_model, save_model
+from hubert_lit.lit.losses import batch_objective, prediction_terms
+from hubert_lit.models import PRESETS, HubertConfig, HubertModel, build_hubert
 
 FULL = ["vanilla", "conformer_s", "squeezeformer_xs", "sparseformer_dn_s", "sparseformer_sw_s"]
 TINY = [f"{name}_tiny" for name in FULL]
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+
+
+def objective(model, out):
+    """HuBERT's loss of a labelled forward pass of ``model`` (hubert_lit.lit.losses)."""
+    return batch_objective(model.config, prediction_terms(out))
 
 
 def frames(n: int) -> int:
@@ -121,8 +128,10 @@ def test_caller_mask_is_used_as_given():
     labels[0, frames(6000) :] = -100
     a = model(batch, lengths, labels, mask=mask, generator=torch.Generator().manual_seed(1))
     b = model(batch, lengths, labels, mask=mask, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(a.mask, mask) and a.masked_count == 21
-    assert torch.equal(a.loss, b.loss) and torch.equal(a.logits_masked, b.logits_masked)
+    assert torch.equal(a.mask, mask) and len(a.targets_masked) == 21
+    assert torch.equal(objective(model, a), objective(model, b)) and torch.equal(
+        a.logits_masked, b.logits_masked
+    )
     # masking really replaces the masked frames: the result differs from an unmasked pass
     c = model(batch, lengths, labels, mask=torch.zeros_like(mask))
     assert not torch.allclose(c.hidden_states[-1][0, 3:9], a.hidden_states[-1][0, 3:9])
@@ -147,10 +156,12 @@ def test_logits_equal_naive_cosine_and_loss_matches_reference():
     # torchaudio's formulation: positive first, all k negatives (the positive's duplicate at -inf), target 0
     ref_logits = _compute_logits(proj, labels[out.mask], model.label_embeddings)
     ref_ce = F.cross_entropy(ref_logits, torch.zeros(len(proj), dtype=torch.long))
-    torch.testing.assert_close(out.masked_ce, ref_ce, atol=1e-5, rtol=1e-5)
-    assert torch.allclose(out.loss, out.masked_ce + 10 * out.feature_penalty)
+    terms = prediction_terms(out)
+    masked_ce = terms.masked_ce / terms.masked_frames
+    torch.testing.assert_close(masked_ce, ref_ce, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(objective(model, out), masked_ce + 10 * out.feature_penalty)
     acc = (naive.argmax(-1) == labels[out.mask]).float().mean()
-    torch.testing.assert_close(out.masked_accuracy, acc)
+    torch.testing.assert_close(terms.masked_accuracy, acc)
 
 
 def test_unmasked_weight_and_ignored_labels():
@@ -159,8 +170,10 @@ def test_unmasked_weight_and_ignored_labels():
     labels = torch.randint(0, 100, (1, frames(8000)))
     labels[0, :5] = -100
     out = model(wav, lengths, labels, generator=torch.Generator().manual_seed(0))
-    assert int(out.masked_count + out.unmasked_count) == frames(8000) - 5
-    torch.testing.assert_close(out.loss, out.masked_ce + 0.5 * out.unmasked_ce)
+    terms = prediction_terms(out)
+    assert int(terms.masked_frames + terms.unmasked_frames) == frames(8000) - 5
+    masked_ce, unmasked_ce = terms.masked_ce / terms.masked_frames, terms.unmasked_ce / terms.unmasked_frames
+    torch.testing.assert_close(objective(model, out), masked_ce + 0.5 * unmasked_ce)
     assert out.logits_unmasked.requires_grad
     with pytest.raises(ValueError, match="labels must be in"):
         model(wav, lengths, torch.full_like(labels, 100))
@@ -186,7 +199,7 @@ def test_every_parameter_gets_a_gradient(name):
     _, batch, lengths = padded_pair(6000, 9000)
     labels = torch.randint(0, 100, (2, model.num_frames(9000)))
     out = model(batch, lengths, labels, generator=torch.Generator().manual_seed(0))
-    out.loss.backward()
+    objective(model, out).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing
     zero = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
@@ -203,7 +216,7 @@ def test_front_end_gradient_scaled_by_feature_grad_mult():
     mask = torch.zeros(1, frames(6000), dtype=torch.bool)
     mask[0, 2:12] = True
     for model in (a, b):
-        model(wav, lengths, labels, mask=mask).loss.backward()
+        objective(model, model(wav, lengths, labels, mask=mask)).backward()
     w_a = a.feature_extractor.conv_layers[0].conv.weight.grad
     w_b = b.feature_extractor.conv_layers[0].conv.weight.grad
     torch.testing.assert_close(w_b, 0.1 * w_a, atol=1e-7, rtol=1e-4)
@@ -253,7 +266,7 @@ def test_save_load_round_trip(tmp_path):
         out_a, out_b = model(batch, lengths, labels, mask=mask), loaded(batch, lengths, labels, mask=mask)
     for u, v in zip(x, y):
         assert torch.equal(u, v)
-    assert torch.equal(out_a.loss, out_b.loss)
+    assert torch.equal(objective(model, out_a), objective(loaded, out_b))
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a hubert-lit model file"):
         load_model(tmp_path / "other.pt")

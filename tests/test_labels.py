@@ -19,14 +19,16 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from hubert_lit.checkpoint import save_model
 from hubert_lit.data.label_files import expected_label_frames, load_label_meta, load_shard_labels
 from hubert_lit.data.shardio import encode_flac, load_index
-from hubert_lit.labels import label as label_tool
+from hubert_lit.labels import cli as label_tool
+from hubert_lit.labels import pipeline as label_pipeline
 from hubert_lit.labels.features import chunk_spans, extract_chunked, file_sha256
 from hubert_lit.labels.kmeans import Assigner, fit_kmeans, kmeans_plusplus
 from hubert_lit.labels.mfcc import mfcc_features
 from hubert_lit.labels.quality import PhoneClusterCounts, frame_phones, quality_metrics
-from hubert_lit.models import build_hubert, save_model
+from hubert_lit.models import build_hubert
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -318,14 +320,14 @@ def test_refuses_to_overwrite_labels_without_flag(corpus, mfcc_run, tmp_path, ca
 
 def test_fit_sample_is_chosen_by_id_hash_and_capped_by_frames(corpus, tmp_path, capsys):
     index = load_index(corpus)  # seed 3 as in MFCC_ARGS
-    full = label_tool.select_fit_utterances(index, 1.0, 3, 10**9, 100)
+    full = label_pipeline.select_fit_utterances(index, 1.0, 3, 10**9, 100)
     assert sorted(full.ids) == sorted(u.id for u in index.utterances) and not full.capped
-    hashes = [label_tool.utterance_hash(i, 3) for i in full.ids]
+    hashes = [label_pipeline.utterance_hash(i, 3) for i in full.ids]
     assert hashes == sorted(hashes)  # canonical order: by hash, whatever the shard order
-    half = label_tool.select_fit_utterances(index, 0.5, 3, 10**9, 100)
+    half = label_pipeline.select_fit_utterances(index, 0.5, 3, 10**9, 100)
     assert set(half.ids) == {i for i, h in zip(full.ids, hashes) if h < 0.5}
     cap = full.planned_frames // 2
-    capped = label_tool.select_fit_utterances(index, 1.0, 3, cap, 100)
+    capped = label_pipeline.select_fit_utterances(index, 1.0, 3, cap, 100)
     assert capped.capped and capped.ids == full.ids[: len(capped.ids)] and 0 < capped.planned_frames <= cap
     out = tmp_path / "capped"
     argv = ["--shards", str(corpus), "--out", str(out), *MFCC_ARGS, "--fit-fraction", "1"]
@@ -368,7 +370,7 @@ def test_two_processes_write_what_one_process_writes(corpus, tmp_path):
 
     def launch(out: Path, rank: int | None) -> subprocess.Popen:
         extra = {} if rank is None else {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        cmd = [sys.executable, "-m", "hubert_lit.labels.label", "--shards", str(corpus), "--out", str(out)]
+        cmd = [sys.executable, "-m", "hubert_lit.labels.cli", "--shards", str(corpus), "--out", str(out)]
         return subprocess.Popen([*cmd, *MFCC_ARGS], env={**env, **extra}, stderr=subprocess.PIPE, text=True)
 
     procs = [launch(tmp_path / "one", None), launch(tmp_path / "two", 0), launch(tmp_path / "two", 1)]

@@ -132,7 +132,8 @@ def test_fit_lowers_loss_and_logs_metrics(fitted_run):
 
 def test_load_model_rebuilds_eval_model_from_ckpt(fitted_run, tmp_path):
     import hubert_lit
-    from hubert_lit.models import HubertModel, save_model
+    from hubert_lit.checkpoint import save_model
+    from hubert_lit.models import HubertModel
 
     ckpt = fitted_run / "checkpoints" / "last.ckpt"
     model = hubert_lit.load_model(ckpt)
@@ -152,6 +153,7 @@ def test_load_model_rebuilds_eval_model_from_ckpt(fitted_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_after_crash_mid_epoch_gives_identical_weights(tone_data, tmp_path):
     """12 steps straight vs. a run killed at step 8 and resumed from its step-6 checkpoint (mid-epoch: 4
     batches per epoch), with 2 loader workers, dropout, LayerDrop and validation on: the final weights and

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from hubert_lit.models import build_hubert, save_model
+from hubert_lit.checkpoint import packed_payload, save_model
+from hubert_lit.models import build_hubert
 from hubert_lit.models.attention import AttentionMask, MultiHeadAttention
 from hubert_lit.models.sparsity import SparsityConfig
 from hubert_lit.profile import cli
@@ -30,7 +31,6 @@ from hubert_lit.profile.paper_tables import ENCODERS, TABLE1, table1_row
 from hubert_lit.profile.report import COLUMNS, PAPER_COLUMNS, profile_rows, write_table1_files
 from hubert_lit.quant import QuantSpec, binarize
 from hubert_lit.quant.binarize import quantization_plan
-from hubert_lit.quant.export import packed_payload
 
 TINY = [f"{name}_tiny" for name in ENCODERS]
 GIB = 2**30

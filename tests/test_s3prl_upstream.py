@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hubert_lit.models import build_hubert, save_model
+from hubert_lit.checkpoint import save_model
+from hubert_lit.models import build_hubert
 from hubert_lit.superb import hubconf
 from hubert_lit.superb.s3prl_upstream import UpstreamExpert
 

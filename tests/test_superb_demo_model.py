@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubert_lit.superb import evaluate
+from hubert_lit.superb import cli as evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "tests" / "assets" / "demo_it1.pt"
@@ -64,6 +64,7 @@ def _evaluate(superb: Path, out: Path, settings: dict, name: str, *extra: str) -
     return json.loads((out / f"{name}.json").read_text())
 
 
+@pytest.mark.slow
 def test_trained_demo_model_beats_random_initialisation_on_ks_sid_pr(
     superb_small, quick_eval_settings, tmp_path
 ):

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubert_lit.models import build_hubert, save_model
-from hubert_lit.superb import evaluate
+from hubert_lit.checkpoint import save_model
+from hubert_lit.models import build_hubert
+from hubert_lit.superb import cli as evaluate
+from hubert_lit.superb import evaluate as evaluate_lib
 from hubert_lit.superb.featurizer import WeightedLayerSum, extract_hidden_states
 from hubert_lit.superb.heads import UtteranceClassifier, XVector, pit_bce_loss
 from hubert_lit.superb.tasks import DEFAULT_CONFIGS, TASK_NAMES, build_task, load_task_config, train_task
@@ -196,6 +198,7 @@ def tiny_superb(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_runs_every_task_end_to_end(tiny_superb, tmp_path, capsys):
     ckpt = tmp_path / "random_tiny.pt"
     save_model(build_hubert("vanilla_tiny", num_classes=10), ckpt)
@@ -239,7 +242,7 @@ def test_evaluate_runs_every_task_end_to_end(tiny_superb, tmp_path, capsys):
     with open(out / "random_tiny.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["run"] == "random_tiny"
-    assert set(evaluate.COLUMNS[t][0] for t in TASK_NAMES) <= set(rows[0])
+    assert set(evaluate_lib.COLUMNS[t][0] for t in TASK_NAMES) <= set(rows[0])
     assert float(rows[0]["sid_acc"]) == pytest.approx(
         report["tasks"]["sid"]["test"]["accuracy"] * 100, abs=1e-3
     )
@@ -307,7 +310,7 @@ def test_evaluate_names_the_bad_data_file_before_training(tiny_superb, tmp_path,
 def test_random_init_baseline_keeps_the_architecture_and_drops_the_weights(tiny_superb, tmp_path):
     model = build_hubert("vanilla_tiny", num_classes=10)
     save_model(model, tmp_path / "m.pt")
-    fresh = evaluate.randomly_initialised(model, seed=3)
+    fresh = evaluate_lib.randomly_initialised(model, seed=3)
     assert fresh.config == model.config
     assert fresh.state_dict().keys() == model.state_dict().keys()
     changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, model.state_dict()[k])]

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hubert_lit.data.label_files import MODEL_FRAME_RATE, SAMPLE_RATE, expected_label_frames, model_frames
-
-LABEL_PAD = -100
+from hubert_lit.constants import FRAME_RATE, LABEL_PAD, SAMPLE_RATE
+from hubert_lit.data.label_files import expected_label_frames, model_frames
 
 
 @dataclass(frozen=True)
@@ -271,7 +270,7 @@ def crop_labels(labels: np.ndarray, label_rate: int, crop: Crop) -> np.ndarray:
     (fairseq's ``feat2tar_ratio``). A sequence one frame short (tolerated by the length check) is completed by
     repeating its last label.
     """
-    step = label_rate // MODEL_FRAME_RATE
+    step = label_rate // FRAME_RATE
     start = crop.offset * label_rate // SAMPLE_RATE
     frames = model_frames(crop.length)
     out = labels[start : start + step * frames : step]

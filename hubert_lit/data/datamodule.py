@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.batching import BatchBudget
 from hubert_lit.data.dataset import ShardBatchDataset
-from hubert_lit.data.label_files import SAMPLE_RATE, load_label_meta
+from hubert_lit.data.label_files import load_label_meta
 
 
 class ShardLoader(StatefulDataLoader):

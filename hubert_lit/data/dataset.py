@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.batching import (
     BatchBudget,
     EpochPlan,
@@ -38,7 +39,6 @@ from hubert_lit.data.batching import (
     split_for_worker,
 )
 from hubert_lit.data.label_files import (
-    SAMPLE_RATE,
     labels_path,
     load_label_meta,
     load_shard_labels,

@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 
 from hubert_lit.atomic import atomic_write
+from hubert_lit.constants import FRAME_RATE, FRAME_WINDOW, SAMPLE_RATE
 
 META_FILE = "meta.json"
 LABELS_SUFFIX = ".labels.npz"
-SAMPLE_RATE = 16000
 SUPPORTED_LABEL_RATES = (50, 100)
-# Conv front end of HuBERT/wav2vec 2.0: receptive field 400 samples, stride 320 (50 Hz at 16 kHz).
-MODEL_FRAME_WINDOW = 400
-MODEL_FRAME_HOP = 320
-MODEL_FRAME_RATE = 50
 
 
 def expected_label_frames(num_samples: int, label_rate: int) -> int:
@@ -38,15 +34,15 @@ def expected_label_frames(num_samples: int, label_rate: int) -> int:
     """
     if label_rate not in SUPPORTED_LABEL_RATES:
         raise ValueError(f"label_rate must be one of {SUPPORTED_LABEL_RATES}, got {label_rate!r}")
-    if num_samples < MODEL_FRAME_WINDOW:
+    if num_samples < FRAME_WINDOW:
         return 0
     hop = SAMPLE_RATE // label_rate
-    return (num_samples - MODEL_FRAME_WINDOW) // hop + 1
+    return (num_samples - FRAME_WINDOW) // hop + 1
 
 
 def model_frames(num_samples: int) -> int:
     """Number of 50 Hz model frames the conv feature extractor produces for ``num_samples`` samples."""
-    return expected_label_frames(num_samples, MODEL_FRAME_RATE)
+    return expected_label_frames(num_samples, FRAME_RATE)
 
 
 def labels_path(label_dir: str | os.PathLike, shard_name: str) -> Path:

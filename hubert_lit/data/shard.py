@@ -31,8 +31,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.librispeech import Problem, Utterance, scan_roots
-from hubert_lit.data.shardio import INDEX_FILE, INDEX_FORMAT, SAMPLE_RATE, describe_audio_error, encode_flac
+from hubert_lit.data.shardio import INDEX_FILE, INDEX_FORMAT, describe_audio_error, encode_flac
 from hubert_lit.system import available_cpus
 
 # 500 LibriSpeech utterances (~12 s each) are ~100-150 MB of FLAC: inside webdataset's recommended shard size,

@@ -24,9 +24,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import soundfile as sf
 
+from hubert_lit.constants import SAMPLE_RATE
+
 INDEX_FORMAT = "hubert-lit-shards/1"
 INDEX_FILE = "index.json"
-SAMPLE_RATE = 16000
 
 
 class ShardFormatError(ValueError):
@@ -230,11 +231,6 @@ def load_index(shard_dir: str | Path) -> ShardIndex:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardFormatError(f"{path}: not valid JSON ({err})") from err
     return parse_index(data, directory)
-
-
-def list_shards(shard_dir: str | Path) -> list[Path]:
-    """Paths of the tar files of a shard folder, in index order (validates the index)."""
-    return load_index(shard_dir).shard_paths()
 
 
 # ---------------------------------------------------------------------------------------------- audio

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.espeak import ENGLISH_VOICES, Synthesizer, map_in_fresh_processes, reset_random_state
 from hubert_lit.data.sentences import Sentence, SentenceGenerator, normalize_transcript
 from hubert_lit.system import available_cpus
 
-SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
 SPLIT_FRACTIONS = {"dev": 0.15, "test": 0.15}  # train gets the rest
 MIN_SECONDS, MAX_SECONDS = 2.0, 8.0

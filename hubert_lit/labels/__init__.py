@@ -4,7 +4,8 @@
 * :mod:`~hubert_lit.labels.features`: MFCC or HuBERT-layer features per utterance, read from shards
 * :mod:`~hubert_lit.labels.kmeans`: greedy k-means++ + FAISS Lloyd fit, nearest-centroid assignment
 * :mod:`~hubert_lit.labels.quality`: phone purity, cluster purity and PNMI against phone alignments
-* :mod:`~hubert_lit.labels.label`: the command-line tool (streaming, multi-process)
+* :mod:`~hubert_lit.labels.pipeline`: :func:`label_corpus`, the labelling run (streaming, multi-process)
+* :mod:`~hubert_lit.labels.cli`: its command line
 """
 
 from hubert_lit.labels.kmeans import Assigner, KMeansResult, fit_kmeans, kmeans_plusplus

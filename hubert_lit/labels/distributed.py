@@ -84,14 +84,6 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def all_gather(self, obj: Any) -> list[Any]:
-        """Objects of all ranks on every rank."""
-        if not self.initialized:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
     def barrier(self) -> None:
         if self.initialized:
             dist.barrier()

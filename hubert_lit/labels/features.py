@@ -20,12 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hubert_lit.data.label_files import (
-    MODEL_FRAME_HOP,
-    MODEL_FRAME_RATE,
-    MODEL_FRAME_WINDOW,
-    expected_label_frames,
-)
+from hubert_lit.constants import FRAME_HOP, FRAME_RATE, FRAME_WINDOW
+from hubert_lit.data.label_files import expected_label_frames
 from hubert_lit.data.shardio import Sample, ShardFormatError, ShardIndex, decode_flac, iter_shard
 from hubert_lit.labels.mfcc import MFCC_DESCRIPTION, MFCC_DIM, MFCC_FRAME_RATE, mfcc_features
 
@@ -83,19 +79,19 @@ def chunk_spans(num_samples: int, max_chunk_samples: int, context_samples: int) 
     Each call covers up to ``max_chunk_samples`` samples of frames it keeps plus up to ``context_samples`` on each
     side (whole frames, so conv frames line up with the unchunked ones).
     """
-    total = expected_label_frames(num_samples, MODEL_FRAME_RATE)
+    total = expected_label_frames(num_samples, FRAME_RATE)
     if total == 0:
         return []
-    core = max(1, max_chunk_samples // MODEL_FRAME_HOP)
-    context = max(0, context_samples // MODEL_FRAME_HOP)
+    core = max(1, max_chunk_samples // FRAME_HOP)
+    context = max(0, context_samples // FRAME_HOP)
     spans = []
     for first in range(0, total, core):
         last = min(total, first + core)  # frames [first, last) are kept from this call
         lo, hi = max(0, first - context), min(total, last + context)
         spans.append(
             ChunkSpan(
-                start=lo * MODEL_FRAME_HOP,
-                end=(hi - 1) * MODEL_FRAME_HOP + MODEL_FRAME_WINDOW,
+                start=lo * FRAME_HOP,
+                end=(hi - 1) * FRAME_HOP + FRAME_WINDOW,
                 keep_from=first - lo,
                 keep_to=last - lo,
             )
@@ -114,7 +110,7 @@ def extract_chunked(
     pieces = []
     for span in chunk_spans(len(waveform), max_chunk_samples, context_samples):
         feats = frame_fn(waveform[span.start : span.end])
-        expected = expected_label_frames(span.end - span.start, MODEL_FRAME_RATE)
+        expected = expected_label_frames(span.end - span.start, FRAME_RATE)
         if feats.shape[0] != expected:
             raise RuntimeError(
                 f"model returned {feats.shape[0]} frames for {span.end - span.start} samples, "
@@ -129,7 +125,7 @@ def extract_chunked(
 class HubertLayerFeatures:
     """Output of transformer layer ``layer`` (0 = the encoder input) of a suite model (``hubert_lit.load_model``)."""
 
-    label_rate = MODEL_FRAME_RATE
+    label_rate = FRAME_RATE
 
     def __init__(
         self,
@@ -147,11 +143,11 @@ class HubertLayerFeatures:
         self.checkpoint_sha256 = file_sha256(self.checkpoint)
         self.device = torch.device(device)
         self.model = load_model(self.checkpoint, map_location="cpu").to(self.device).eval()
-        if max_chunk_samples < MODEL_FRAME_WINDOW:
-            raise ValueError(f"max_chunk_samples must be >= {MODEL_FRAME_WINDOW}, got {max_chunk_samples}")
+        if max_chunk_samples < FRAME_WINDOW:
+            raise ValueError(f"max_chunk_samples must be >= {FRAME_WINDOW}, got {max_chunk_samples}")
         self.max_chunk_samples = max_chunk_samples
         self.context_samples = context_samples
-        probe = self._layers(np.zeros(MODEL_FRAME_WINDOW, dtype=np.float32), layer=None)
+        probe = self._layers(np.zeros(FRAME_WINDOW, dtype=np.float32), layer=None)
         self.num_layers = len(probe) - 1
         if not 0 <= layer <= self.num_layers:
             raise ValueError(f"--layer must be in 0..{self.num_layers} for {self.checkpoint}, got {layer}")

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16000
+from hubert_lit.constants import SAMPLE_RATE
+
 MFCC_FRAME_RATE = 100
 NUM_CEPS = 13
 MFCC_DIM = 3 * NUM_CEPS

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from hubert_lit.constants import SAMPLE_RATE
+
 FRAME_WINDOW = 400
 
 

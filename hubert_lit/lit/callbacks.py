@@ -31,10 +31,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from hubert_lit.atomic import atomic_torch_save, atomic_write
+from hubert_lit.checkpoint import RNG_KEY
 
 log = logging.getLogger(__name__)
-
-RNG_KEY = "hubert_lit_rng_states"
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

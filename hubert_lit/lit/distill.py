@@ -17,9 +17,9 @@ teacher runs with dropout on; ours is in eval mode (deterministic targets).
 Optimisation: AdamW with linear warm-up and decay (the pretraining module's schedule); the activation scales and
 shifts form their own group (``quant_lr``, no weight decay, BiT's ``clip_lr``), biases and norms get no weight
 decay. Non-finite-gradient handling, throughput logging and ``predict`` come from
-:class:`~hubert_lit.lit.pretrain.HubertPretrainModule`, of which this is a subclass (so the CLI's
-``model.class_path`` selects it). ``quant/pos_frac/<layer>`` logs, per encoder block, the fraction of +a among
-the signed quantized activations and ``quant/on_frac/<layer>`` the fraction of a among the unsigned ones
+:class:`~hubert_lit.lit.base.HubertLightningModule` (the CLI's ``model.class_path`` selects this module); the
+losses are :mod:`hubert_lit.lit.losses`'. ``quant/pos_frac/<layer>`` logs, per encoder block, the fraction of +a
+among the signed quantized activations and ``quant/on_frac/<layer>`` the fraction of a among the unsigned ones
 (attention probabilities, post-ReLU inputs); values stuck near 0 or 1 mean a collapsed binarizer.
 
 Checkpoints carry ``hubert_config`` and ``quant_spec`` and the student under ``model.*``, so
@@ -31,62 +31,54 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from hubert_lit.lit.pretrain import SAMPLE_RATE, HubertPretrainModule
-from hubert_lit.lit.schedule import warmup_linear_decay
+from hubert_lit.checkpoint import TEACHER_PREFIX, load_model
+from hubert_lit.lit.base import HubertLightningModule
+from hubert_lit.lit.losses import (
+    PredictionTerms,
+    RunningSums,
+    distillation_objective,
+    hidden_state_mse,
+    prediction_terms,
+    ratio,
+    soft_cross_entropy,
+)
+from hubert_lit.models import HubertModel, HubertOutput
 from hubert_lit.models.frontend import lengths_to_padding_mask
-from hubert_lit.models.hubert import HubertModel
 from hubert_lit.quant.binarize import activation_quantizers, binarize, requantize
 from hubert_lit.quant.modules import ActivationQuantizer
 from hubert_lit.quant.spec import DEFAULT_FULL_PRECISION, QuantSpec
 
 log = logging.getLogger(__name__)
 
-QUANT_SPEC_KEY = "quant_spec"
-TEACHER_PREFIX = "teacher."
 _LAYER_RE = re.compile(r"layers\.(\d+)\.")
+_VAL_SUMS = (
+    "loss",
+    "hidden_mse",
+    "logit_kd",
+    "batches",
+    "student_correct",
+    "teacher_correct",
+    "masked_frames",
+)
 
 
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Mean over rows of the soft cross-entropy ``-sum_c p_c log q_c`` minus the teacher's entropy
-    ``-sum_c p_c log p_c``, i.e. KL(p || q) with ``p = softmax(t / T)``, ``q = softmax(s / T)``.
+@dataclass
+class DistillStep:
+    """One teacher/student pass: the loss and its terms, both outputs, and (with labels) their prediction terms."""
 
-    The gradient is exactly the soft cross-entropy's (the entropy does not depend on the student); subtracting
-    it makes 0 the value of a perfect match, so the logged loss shows how much is left to learn. 0 for no rows.
-    """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ"
-        )
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-
-
-def hidden_state_mse(student: Sequence[Tensor], teacher: Sequence[Tensor], valid: Tensor) -> Tensor:
-    """Sum over layers of the MSE between matching hidden states ``(B, T, D)`` on the ``valid`` (B, T) frames."""
-    if len(student) != len(teacher):
-        raise ValueError(f"student has {len(student)} hidden states, the teacher {len(teacher)}")
-    weight = valid[..., None].to(torch.float32)
-    count = (weight.sum() * student[0].shape[-1]).clamp(min=1.0)
-    total = student[0].new_zeros((), dtype=torch.float32)
-    for s, t in zip(student, teacher):
-        if s.shape != t.shape or s.shape[:2] != valid.shape:
-            raise ValueError(
-                f"hidden state shapes differ: student {tuple(s.shape)}, teacher {tuple(t.shape)}, "
-                f"frames {tuple(valid.shape)}"
-            )
-        total = total + ((s.float() - t.float()).square() * weight).sum() / count
-    return total
+    loss: Tensor
+    hidden_mse: Tensor
+    logit_kd: Tensor
+    student: HubertOutput
+    teacher: HubertOutput
+    student_terms: PredictionTerms | None
+    teacher_terms: PredictionTerms | None
 
 
 def layer_of(name: str) -> str:
@@ -95,7 +87,7 @@ def layer_of(name: str) -> str:
     return f"layer_{int(match.group(1)):02d}" if match else "other"
 
 
-class BiTDistillModule(HubertPretrainModule):
+class BiTDistillModule(HubertLightningModule):
     """Distil a BiT-quantized student from a frozen teacher (see the module docstring).
 
     Args:
@@ -148,8 +140,7 @@ class BiTDistillModule(HubertPretrainModule):
         max_steps: int | None = None,
         max_nonfinite_steps: int = 20,
     ) -> None:
-        from hubert_lit import load_model
-
+        super().__init__()
         if temperature <= 0:
             raise ValueError(f"model.temperature must be > 0, got {temperature}")
         for name, value in (
@@ -160,6 +151,8 @@ class BiTDistillModule(HubertPretrainModule):
         ):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         spec = QuantSpec(
             weight_bits=weight_bits,
             activation_bits=activation_bits,
@@ -168,8 +161,9 @@ class BiTDistillModule(HubertPretrainModule):
             ffn_relu=ffn_relu,
             binarize_depthwise=binarize_depthwise,
         )
+        self.save_hyperparameters()
         teacher_model = load_model(teacher)
-        if not isinstance(teacher_model, HubertModel) or teacher_model.final_proj is None:
+        if teacher_model.final_proj is None:
             raise ValueError(f"model.teacher: {teacher} does not hold a HuBERT model with a prediction head")
         config = teacher_model.config
         if num_classes is not None and num_classes != config.num_classes:
@@ -179,19 +173,8 @@ class BiTDistillModule(HubertPretrainModule):
             )
         # The student is the teacher's config without LayerDrop: every block runs, so every hidden-state target is
         # matched, and all ranks reach the same quantizers (their first-batch initialisation all-reduces).
-        super().__init__(
-            num_classes=config.num_classes,
-            model_config=config.to_dict(),
-            overrides={"encoder": {"layerdrop": 0.0}},
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            max_steps=max_steps,
-            max_nonfinite_steps=max_nonfinite_steps,
-        )
-        teacher_spec: QuantSpec | None = getattr(teacher_model, "quant_spec", None)
+        self.model = HubertModel(config.replace(encoder={"layerdrop": 0.0}))
+        teacher_spec = teacher_model.quant_spec
         if teacher_spec is not None:
             binarize(self.model, teacher_spec)
         self.model.load_state_dict(teacher_model.state_dict())
@@ -199,10 +182,9 @@ class BiTDistillModule(HubertPretrainModule):
             requantize(self.model, spec)
         else:
             binarize(self.model, spec)
-        self.spec = spec
         self.teacher = teacher_model.eval().requires_grad_(False)
         self._pos_counts: dict[str, list[Tensor]] = {}
-        self._val_sums: Tensor | None = None
+        self._val_sums = RunningSums(_VAL_SUMS)
         for name, quant in activation_quantizers(self.model):
             kind = "pos_frac" if quant.signed else "on_frac"
             quant.register_forward_hook(self._count_upper_level(f"{kind}/{layer_of(name)}"))
@@ -212,6 +194,10 @@ class BiTDistillModule(HubertPretrainModule):
             teacher,
             "full precision" if teacher_spec is None else teacher_spec.name,
         )
+
+    @classmethod
+    def requires_labels(cls, init_args: Any) -> bool:
+        return float(init_args.get("hard_label_weight") or 0.0) > 0
 
     # ------------------------------------------------------------------------------------------ helpers
     def train(self, mode: bool = True) -> BiTDistillModule:
@@ -235,7 +221,8 @@ class BiTDistillModule(HubertPretrainModule):
 
         return hook
 
-    def _forward_pair(self, batch: dict[str, Any]):
+    def _forward_pair(self, batch: dict[str, Any]) -> DistillStep:
+        """Teacher and student on the same batch and span mask."""
         waves, lengths = batch["waveforms"], batch["lengths"].to(batch["waveforms"].device)
         labels = batch.get("labels")
         frame_lengths = self.model.frame_lengths(lengths)
@@ -247,73 +234,69 @@ class BiTDistillModule(HubertPretrainModule):
         valid = ~lengths_to_padding_mask(s_out.frame_lengths, num_frames)
         hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, valid)
         logit = soft_cross_entropy(s_out.logits_masked, t_out.logits_masked, self.hparams.temperature)
+        s_terms = t_terms = None
+        if labels is not None:
+            s_terms, t_terms = prediction_terms(s_out), prediction_terms(t_out)
         hp = self.hparams
-        loss = hp.hidden_weight * hidden + hp.logit_weight * logit
-        if hp.hard_label_weight > 0:
-            if labels is None:
-                raise ValueError(
-                    "model.hard_label_weight > 0 needs labels in the batch (configure data labels)"
-                )
-            loss = loss + hp.hard_label_weight * s_out.masked_ce
-        return loss, hidden, logit, s_out, t_out
+        if hp.hard_label_weight > 0 and s_terms is None:
+            raise ValueError("model.hard_label_weight > 0 needs labels in the batch (configure data labels)")
+        hard_ce = None if s_terms is None else ratio(s_terms.masked_ce, s_terms.masked_frames)
+        loss = distillation_objective(
+            hidden, logit, hp.hidden_weight, hp.logit_weight, hard_ce, hp.hard_label_weight
+        )
+        return DistillStep(loss, hidden, logit, s_out, t_out, s_terms, t_terms)
 
     # ------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._pos_counts = {}
-        loss, hidden, logit, s_out, t_out = self._forward_pair(batch)
+        step = self._forward_pair(batch)
+        s_terms, t_terms = step.student_terms, step.teacher_terms
         batch_size = batch["waveforms"].shape[0]
         metrics = {
-            "train/loss": loss.detach(),
-            "train/hidden_mse": hidden.detach(),
-            "train/logit_kd": logit.detach(),
+            "train/loss": step.loss.detach(),
+            "train/hidden_mse": step.hidden_mse.detach(),
+            "train/logit_kd": step.logit_kd.detach(),
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
-        if s_out.masked_accuracy is not None:
-            metrics["train/student_masked_acc"] = s_out.masked_accuracy
-            metrics["train/teacher_masked_acc"] = t_out.masked_accuracy
-            metrics["train/masked_ce"] = s_out.masked_ce.detach()
+        if s_terms is not None:
+            metrics["train/student_masked_acc"] = s_terms.masked_accuracy
+            metrics["train/teacher_masked_acc"] = t_terms.masked_accuracy
+            metrics["train/masked_ce"] = ratio(s_terms.masked_ce, s_terms.masked_frames).detach()
         for key, counts in sorted(self._pos_counts.items()):
             total = torch.stack(counts).sum(0)
             metrics[f"quant/{key}"] = total[0] / total[1].clamp(min=1.0)
         self._pos_counts = {}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
-        self._step_audio_seconds = float(batch["lengths"].sum()) / SAMPLE_RATE * self.trainer.world_size
-        return loss
+        self.record_step_audio(float(batch["lengths"].sum()) * self.trainer.world_size)
+        return step.loss
 
     # ------------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, hidden, logit, s_out, t_out = self._forward_pair(batch)
-        has_labels = s_out.masked_correct is not None
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        sums = torch.stack(
-            [
-                loss.detach().double(),
-                hidden.detach().double(),
-                logit.detach().double(),
-                torch.ones((), dtype=torch.float64, device=self.device),
-                s_out.masked_correct.double() if has_labels else zero,
-                t_out.masked_correct.double() if has_labels else zero,
-                s_out.masked_count.double() if has_labels else zero,
-            ]
+        step = self._forward_pair(batch)
+        s_terms, t_terms = step.student_terms, step.teacher_terms
+        zero = torch.zeros((), device=self.device)
+        self._val_sums.add(
+            {
+                "loss": step.loss,
+                "hidden_mse": step.hidden_mse,
+                "logit_kd": step.logit_kd,
+                "batches": torch.ones((), device=self.device),
+                "student_correct": zero if s_terms is None else s_terms.masked_correct,
+                "teacher_correct": zero if t_terms is None else t_terms.masked_correct,
+                "masked_frames": zero if s_terms is None else s_terms.masked_frames,
+            }
         )
-        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
 
     def on_validation_epoch_end(self) -> None:
-        sums = self._val_sums
-        self._val_sums = None
-        if sums is None:
-            sums = torch.zeros(7, dtype=torch.float64, device=self.device)
-        if self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        batches = sums[3].clamp(min=1)
+        sums = self._val_sums.reduce(self.all_reduce(), self.device)
         metrics = {
-            "val/loss": sums[0] / batches,
-            "val/hidden_mse": sums[1] / batches,
-            "val/logit_kd": sums[2] / batches,
+            "val/loss": ratio(sums["loss"], sums["batches"]),
+            "val/hidden_mse": ratio(sums["hidden_mse"], sums["batches"]),
+            "val/logit_kd": ratio(sums["logit_kd"], sums["batches"]),
         }
-        if sums[6] > 0:
-            metrics["val/student_masked_acc"] = sums[4] / sums[6]
-            metrics["val/teacher_masked_acc"] = sums[5] / sums[6]
+        if sums["masked_frames"] > 0:
+            metrics["val/student_masked_acc"] = sums["student_correct"] / sums["masked_frames"]
+            metrics["val/teacher_masked_acc"] = sums["teacher_correct"] / sums["masked_frames"]
         self.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=False)
 
     # ------------------------------------------------------------------------------------------ optimisation
@@ -338,19 +321,9 @@ class BiTDistillModule(HubertPretrainModule):
         ]
         return [g for g in groups if g["params"]]
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        scheduler = warmup_linear_decay(optimizer, hp.warmup_steps, self.total_steps())
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
-
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[QUANT_SPEC_KEY] = self.spec.to_dict()
         # The frozen teacher is reloaded from model.teacher; storing it would double every checkpoint.
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:

@@ -1,8 +1,11 @@
-"""HuBERT models: conv front ends, swappable encoders, masked-prediction head, presets and checkpoint I/O."""
+"""HuBERT models: conv front ends, swappable encoders, masked-prediction head and presets.
+
+Files (model files, checkpoints, packed exports) are :mod:`hubert_lit.checkpoint`'s business.
+"""
 
 from hubert_lit.models.config import PRESETS, HubertConfig
 from hubert_lit.models.encoders import EncoderConfig, build_encoder
-from hubert_lit.models.hubert import HubertModel, HubertOutput, build_hubert, load_model, save_model
+from hubert_lit.models.hubert import HubertModel, HubertOutput, build_hubert
 
 __all__ = [
     "PRESETS",
@@ -12,6 +15,4 @@ __all__ = [
     "HubertOutput",
     "build_encoder",
     "build_hubert",
-    "load_model",
-    "save_model",
 ]

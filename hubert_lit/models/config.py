@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hubert_lit.config_dicts import check_known_keys
-from hubert_lit.models.encoders import EncoderConfig, encoder_preset
+from hubert_lit.models.encoders import EncoderConfig
 from hubert_lit.models.frontend import EXTRACTOR_MODES, FRONTENDS
 
 
@@ -135,57 +135,90 @@ class HubertConfig:
         return HubertConfig.from_dict(data)
 
 
-# Tiny variants: 2-3 blocks of width 32, a fastconv front end of width 32 (SEW c=4) and a 16-frame positional
-# conv (16 frames), so a CPU training step takes milliseconds. Sparseformer-tiny uses 4-frame blocks so that short test
-# inputs are really sparse; Squeezeformer-tiny halves the frame rate for its middle block.
-_TINY_ENCODER = dict(num_layers=2, dim=32, num_heads=2, ffn_dim=64)
-_TINY_FRONTEND = dict(conv_dim=32, pos_conv_kernel=16, pos_conv_groups=4)
-_TINY_SPARSITY = dict(
+# ----------------------------------------------------------------------------------------------- presets
+# Sparseformer layout. Block 64 (windows of 4 blocks = 256 frames = 5.1 s): at T = 500 / 781 / 1000 frames a
+# layer computes 63 / 50 / 44 % of the score matrix (block 128 would be fully dense up to 512 frames), and two
+# blocks fill one 128-frame FlexAttention tile (the smallest the compiled kernel accepts), so 25-38 % of whole
+# tiles are skipped; with block 32 every tile column holds a summary block and no tile is skipped. One summary
+# position per head (num_different_global_patterns = 4 = num_local_blocks // num_global_blocks).
+_SPARSE = dict(
     pattern="fixed",
-    block=4,
+    block=64,
     num_local_blocks=4,
     num_global_blocks=1,
     different_layout_per_head=True,
-    num_different_global_patterns=2,
+    num_different_global_patterns=4,
 )
+# Conformer-S and Squeezeformer-XS share their shape: 16 blocks of width 144, 4 heads, FFN 576, kernel 31.
+_SMALL_CONV = dict(
+    num_layers=16,
+    dim=144,
+    num_heads=4,
+    ffn_dim=576,
+    activation_dropout=0.1,
+    layerdrop=0.0,
+    conv_kernel_size=31,
+)
+# Tiny variants: 2-3 blocks of width 32, a fastconv front end of width 32 (SEW c=4) and a 16-frame positional
+# conv, so a CPU training step takes milliseconds. Sparseformer-tiny uses 4-frame blocks so that short test
+# inputs are really sparse; Squeezeformer-tiny halves the frame rate for its middle block.
+_TINY_ENCODER = dict(num_layers=2, dim=32, num_heads=2, ffn_dim=64)
+_TINY_FRONTEND = dict(conv_dim=32, pos_conv_kernel=16, pos_conv_groups=4)
+_TINY_FRONTEND_RELATIVE = dict(_TINY_FRONTEND, pos_conv_kernel=0)  # relative positions: no positional conv
+_TINY_SPARSE = dict(_SPARSE, block=4, num_different_global_patterns=2)
+
+# name -> (preset it extends or None for the HubertConfig defaults = HuBERT Base, fields it sets). Encoder fields
+# are merged into the base preset's encoder. The paper's five encoders use the FastConv front end.
+PRESET_TABLE: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "vanilla": (None, {}),
+    "conformer_s": (None, dict(encoder=dict(kind="conformer", **_SMALL_CONV), pos_conv_kernel=0)),
+    "squeezeformer_xs": (
+        None,
+        dict(
+            encoder=dict(kind="squeezeformer", **_SMALL_CONV, time_reduce_idx=7, time_recover_idx=15),
+            pos_conv_kernel=0,
+        ),
+    ),
+    "sparseformer_dn_s": (  # deep-narrow
+        None,
+        dict(encoder=dict(num_layers=16, dim=256, num_heads=4, ffn_dim=1024, sparsity=_SPARSE)),
+    ),
+    "sparseformer_sw_s": (  # shallow-wide
+        None,
+        dict(encoder=dict(num_layers=8, dim=512, num_heads=4, ffn_dim=2048, sparsity=_SPARSE)),
+    ),
+    "vanilla_tiny": ("vanilla", dict(encoder=_TINY_ENCODER, **_TINY_FRONTEND)),
+    "conformer_s_tiny": (
+        "conformer_s",
+        dict(encoder=dict(_TINY_ENCODER, conv_kernel_size=5), **_TINY_FRONTEND_RELATIVE),
+    ),
+    "squeezeformer_xs_tiny": (
+        "squeezeformer_xs",
+        dict(
+            encoder=dict(
+                _TINY_ENCODER, num_layers=3, conv_kernel_size=5, time_reduce_idx=1, time_recover_idx=2
+            ),
+            **_TINY_FRONTEND_RELATIVE,
+        ),
+    ),
+    "sparseformer_dn_s_tiny": (
+        "sparseformer_dn_s",
+        dict(encoder=dict(_TINY_ENCODER, num_layers=4, sparsity=_TINY_SPARSE), **_TINY_FRONTEND),
+    ),
+    "sparseformer_sw_s_tiny": (
+        "sparseformer_sw_s",
+        dict(encoder=dict(_TINY_ENCODER, dim=64, ffn_dim=128, sparsity=_TINY_SPARSE), **_TINY_FRONTEND),
+    ),
+}
 
 
-def _presets() -> dict[str, HubertConfig]:
-    """The paper's five encoders (FastConv front end by default) and a ``*_tiny`` variant of each."""
-    full = {
-        "vanilla": HubertConfig(name="vanilla", encoder=encoder_preset("hubert_base")),
-        "conformer_s": HubertConfig(
-            name="conformer_s", encoder=encoder_preset("conformer_s"), pos_conv_kernel=0
-        ),
-        "squeezeformer_xs": HubertConfig(
-            name="squeezeformer_xs", encoder=encoder_preset("squeezeformer_xs"), pos_conv_kernel=0
-        ),
-        "sparseformer_dn_s": HubertConfig(
-            name="sparseformer_dn_s", encoder=encoder_preset("sparseformer_dn_s")
-        ),
-        "sparseformer_sw_s": HubertConfig(
-            name="sparseformer_sw_s", encoder=encoder_preset("sparseformer_sw_s")
-        ),
-    }
-    tiny_encoder = {
-        "vanilla": {},
-        "conformer_s": dict(conv_kernel_size=5),
-        "squeezeformer_xs": dict(num_layers=3, conv_kernel_size=5, time_reduce_idx=1, time_recover_idx=2),
-        "sparseformer_dn_s": dict(num_layers=4, sparsity=_TINY_SPARSITY),  # deep-narrow
-        "sparseformer_sw_s": dict(dim=64, ffn_dim=128, sparsity=_TINY_SPARSITY),  # shallow-wide
-    }
-    presets = dict(full)
-    for name, cfg in full.items():
-        tiny_frontend = dict(_TINY_FRONTEND)
-        if not cfg.pos_conv_kernel:
-            tiny_frontend["pos_conv_kernel"] = 0
-        presets[f"{name}_tiny"] = cfg.replace(
-            name=f"{name}_tiny", encoder={**_TINY_ENCODER, **tiny_encoder[name]}, **tiny_frontend
-        )
-    return presets
+def _build_preset(name: str) -> HubertConfig:
+    base, fields = PRESET_TABLE[name]
+    config = HubertConfig() if base is None else _build_preset(base)
+    return config.replace(name=name, **fields)
 
 
-PRESETS: dict[str, HubertConfig] = _presets()
+PRESETS: dict[str, HubertConfig] = {name: _build_preset(name) for name in PRESET_TABLE}
 
 
 def preset(name: str) -> HubertConfig:

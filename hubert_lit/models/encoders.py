@@ -105,51 +105,6 @@ class EncoderConfig:
         return cls(**data)
 
 
-def _sparse_preset() -> SparsityConfig:
-    # Block 64 (windows of 4 blocks = 256 frames = 5.1 s): at T = 500 / 781 / 1000 frames a layer computes
-    # 63 / 50 / 44 % of the score matrix (block 128 would be fully dense up to 512 frames), and two blocks fill
-    # one 128-frame FlexAttention tile (the smallest the compiled kernel accepts), so 25-38 % of whole tiles are
-    # skipped; with block 32 every tile column holds a summary block and no tile is skipped. One summary
-    # position per head (num_different_global_patterns = 4 = num_local_blocks // num_global_blocks).
-    return SparsityConfig(
-        pattern="fixed",
-        block=64,
-        num_local_blocks=4,
-        num_global_blocks=1,
-        different_layout_per_head=True,
-        num_different_global_patterns=4,
-    )
-
-
-# Conformer-S and Squeezeformer-XS share their shape: 16 blocks of width 144, 4 heads, FFN 576, kernel 31.
-_SMALL_CONV_ENCODER: dict[str, Any] = dict(
-    num_layers=16,
-    dim=144,
-    num_heads=4,
-    ffn_dim=576,
-    activation_dropout=0.1,
-    layerdrop=0.0,
-    conv_kernel_size=31,
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "hubert_base": {},
-    "conformer_s": dict(kind="conformer", **_SMALL_CONV_ENCODER),
-    "squeezeformer_xs": dict(
-        kind="squeezeformer", **_SMALL_CONV_ENCODER, time_reduce_idx=7, time_recover_idx=15
-    ),
-    "sparseformer_dn_s": dict(num_layers=16, dim=256, num_heads=4, ffn_dim=1024, sparsity=_sparse_preset()),
-    "sparseformer_sw_s": dict(num_layers=8, dim=512, num_heads=4, ffn_dim=2048, sparsity=_sparse_preset()),
-}
-
-
-def encoder_preset(name: str, **overrides: Any) -> EncoderConfig:
-    """The named preset (see ``PRESETS``) with ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown encoder preset {name!r}; expected one of {sorted(PRESETS)}")
-    return EncoderConfig(**{**PRESETS[name], **overrides})
-
-
 def _attention(cfg: EncoderConfig, relative: bool) -> MultiHeadAttention:
     return MultiHeadAttention(
         cfg.dim,

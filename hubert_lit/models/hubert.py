@@ -4,21 +4,22 @@ Forward pass (fairseq ``HubertModel`` semantics):
 waveform -> conv feature extractor -> GradMultiply(feature_grad_mult) -> feature penalty ``mean(conv_out^2)`` ->
 LayerNorm + Linear(conv_dim, d) + dropout -> masked frames replaced by the mask embedding -> padded frames zeroed ->
 ``x + pos_conv(x)`` (transformer family only) -> encoder -> final_proj (d -> 256) -> cosine similarity with the
-k label embeddings / 0.1 -> cross-entropy on masked frames (+ ``pred_nomask_weight`` x unmasked frames)
-+ ``feature_pen_weight`` x penalty.
+k label embeddings / 0.1 = the logits of the masked and unmasked frames, beside their targets.
+
+The objective that combines them (cross-entropy on masked frames + ``pred_nomask_weight`` x unmasked frames +
+``feature_pen_weight`` x penalty) is :func:`hubert_lit.lit.losses.hubert_objective`; the model computes no loss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hubert_lit.atomic import atomic_torch_save
+from hubert_lit.constants import FRAME_WINDOW, LABEL_PAD
 from hubert_lit.models.config import HubertConfig, preset
 from hubert_lit.models.encoders import build_encoder
 from hubert_lit.models.frontend import (
@@ -31,32 +32,21 @@ from hubert_lit.models.frontend import (
 )
 from hubert_lit.models.masking import compute_span_mask
 
-IGNORE_INDEX = -100
-
 
 @dataclass
 class HubertOutput:
     """Everything one pretraining forward pass produces.
 
-    Loss terms are ``None`` when no labels were given. ``*_ce`` are means over the selected frames;
-    ``*_correct``/``*_count`` are sums, so a trainer can normalise over ranks. ``logits_*`` are (N, k) rows for the
-    masked/unmasked valid frames (row order = ``mask.nonzero()`` order) with ``targets_*`` beside them.
+    ``logits_*`` are (N, k) rows for the masked / unmasked valid frames (row order = ``mask.nonzero()`` order);
+    ``targets_*`` are their labels (None when no labels were given). ``feature_penalty`` is the mean square of the
+    conv features over the valid frames. :mod:`hubert_lit.lit.losses` turns these into the loss and its sums.
     """
 
-    loss: Tensor | None
-    masked_ce: Tensor | None
-    unmasked_ce: Tensor | None
-    feature_penalty: Tensor
-    masked_accuracy: Tensor | None
-    unmasked_accuracy: Tensor | None
-    masked_correct: Tensor | None
-    masked_count: Tensor | None
-    unmasked_correct: Tensor | None
-    unmasked_count: Tensor | None
     logits_masked: Tensor
-    logits_unmasked: Tensor | None
+    logits_unmasked: Tensor
     targets_masked: Tensor | None
     targets_unmasked: Tensor | None
+    feature_penalty: Tensor
     mask: Tensor
     frame_lengths: Tensor
     hidden_states: list[Tensor] = field(default_factory=list)
@@ -67,11 +57,17 @@ class HubertModel(nn.Module):
 
     With ``config.num_classes == 0`` it is an inference-only model: no mask embedding, final projection or label
     embeddings (e.g. torchaudio ``hubert_base()``), usable through :meth:`extract_features` only.
+
+    ``quant_spec`` is None for a full-precision model; :func:`hubert_lit.quant.binarize` sets it to the
+    ``QuantSpec`` it applied, so files and tools can tell a binarized model (this module does not depend on it).
     """
+
+    quant_spec: Any
 
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.config = config
+        self.quant_spec = None
         dim = config.encoder.dim
         conv_layers = conv_layers_for(config.frontend, config.conv_dim, config.fastconv_extra_layers)
         self.feature_extractor = ConvFeatureExtractor(conv_layers, config.extractor_mode, config.conv_bias)
@@ -121,7 +117,7 @@ class HubertModel(nn.Module):
         if self.num_frames(waveforms.shape[1]) == 0:
             raise ValueError(
                 f"waveforms have {waveforms.shape[1]} samples, fewer than one frame needs "
-                "(400 samples = 25 ms at 16 kHz)"
+                f"({FRAME_WINDOW} samples = 25 ms at 16 kHz)"
             )
 
     def _encoder_input(
@@ -163,7 +159,7 @@ class HubertModel(nn.Module):
     def _check_labels(self, labels: Tensor, num_frames: int) -> Tensor:
         if labels.ndim != 2 or labels.shape[0] == 0:
             raise ValueError(f"labels must be (batch, frames), got shape {tuple(labels.shape)}")
-        if labels.shape[1] > num_frames and bool((labels[:, num_frames:] != IGNORE_INDEX).any()):
+        if labels.shape[1] > num_frames and bool((labels[:, num_frames:] != LABEL_PAD).any()):
             raise ValueError(
                 f"labels have {labels.shape[1]} frames but the audio gives {num_frames} "
                 "(floor((samples - 400) / 320) + 1); the extra frames hold labels"
@@ -174,10 +170,10 @@ class HubertModel(nn.Module):
                 "(floor((samples - 400) / 320) + 1); pad labels with -100"
             )
         labels = labels[:, :num_frames].long()
-        used = labels[labels != IGNORE_INDEX]
+        used = labels[labels != LABEL_PAD]
         if used.numel() and (int(used.min()) < 0 or int(used.max()) >= self.config.num_classes):
             raise ValueError(
-                f"labels must be in [0, {self.config.num_classes}) or {IGNORE_INDEX}, "
+                f"labels must be in [0, {self.config.num_classes}) or {LABEL_PAD}, "
                 f"got range [{int(used.min())}, {int(used.max())}]"
             )
         return labels
@@ -226,51 +222,24 @@ class HubertModel(nn.Module):
         valid = ~lengths_to_padding_mask(frame_lengths, num_frames)
         if labels is not None:
             labels = self._check_labels(labels.to(waveforms.device), num_frames)
-            valid = valid & (labels != IGNORE_INDEX)
+            valid = valid & (labels != LABEL_PAD)
         sel_m, sel_u = valid & mask, valid & ~mask
-        c = self.config
         logits_m = self.logits(last[sel_m])
-        if c.pred_nomask_weight > 0:
+        if self.config.pred_nomask_weight > 0:
             logits_u = self.logits(last[sel_u])
         else:  # only for accuracy logging: no graph needed
             with torch.no_grad():
                 logits_u = self.logits(last[sel_u])
-
-        out = HubertOutput(
-            loss=None,
-            masked_ce=None,
-            unmasked_ce=None,
-            feature_penalty=penalty,
-            masked_accuracy=None,
-            unmasked_accuracy=None,
-            masked_correct=None,
-            masked_count=None,
-            unmasked_correct=None,
-            unmasked_count=None,
+        return HubertOutput(
             logits_masked=logits_m,
             logits_unmasked=logits_u,
-            targets_masked=None,
-            targets_unmasked=None,
+            targets_masked=None if labels is None else labels[sel_m],
+            targets_unmasked=None if labels is None else labels[sel_u],
+            feature_penalty=penalty,
             mask=mask,
             frame_lengths=frame_lengths,
             hidden_states=hidden_states,
         )
-        if labels is None:
-            return out
-        t_m, t_u = labels[sel_m], labels[sel_u]
-        n_m, n_u = sel_m.sum(), sel_u.sum()
-        ce_m = F.cross_entropy(logits_m, t_m, reduction="sum") / n_m.clamp(min=1)
-        ce_u = F.cross_entropy(logits_u, t_u, reduction="sum") / n_u.clamp(min=1)
-        correct_m = (logits_m.argmax(-1) == t_m).sum()
-        correct_u = (logits_u.argmax(-1) == t_u).sum()
-        out.loss = c.pred_masked_weight * ce_m + c.pred_nomask_weight * ce_u + c.feature_pen_weight * penalty
-        out.masked_ce, out.unmasked_ce = ce_m, ce_u
-        out.masked_correct, out.masked_count = correct_m, n_m
-        out.unmasked_correct, out.unmasked_count = correct_u, n_u
-        out.masked_accuracy = correct_m.float() / n_m.clamp(min=1)
-        out.unmasked_accuracy = correct_u.float() / n_u.clamp(min=1)
-        out.targets_masked, out.targets_unmasked = t_m, t_u
-        return out
 
     def extract_features(
         self, waveforms: Tensor, lengths: Tensor, layer: int | None = None
@@ -294,9 +263,6 @@ class HubertModel(nn.Module):
         return [h.masked_fill(padding, 0.0) for h in states], frame_lengths
 
 
-MODEL_FORMAT = "hubert-lit-model/1"
-
-
 def build_hubert(name: str | HubertConfig, num_classes: int | None = None, **overrides: Any) -> HubertModel:
     """Build a :class:`HubertModel` from a preset name (see ``PRESETS``) or a config.
 
@@ -309,48 +275,3 @@ def build_hubert(name: str | HubertConfig, num_classes: int | None = None, **ove
     if overrides:
         config = config.replace(**overrides)
     return HubertModel(config)
-
-
-def save_model(model: HubertModel, path: str | Path) -> None:
-    """Write ``{"format", "config", "state_dict"}`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": MODEL_FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict()}
-    from hubert_lit.quant.binarize import quant_spec_entry  # lazy: quant imports the model modules
-
-    payload.update(quant_spec_entry(model))  # a binarized model also stores its QuantSpec
-    atomic_torch_save(payload, path)
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> HubertModel:
-    """Rebuild a model written by :func:`save_model`, in eval mode, from the config stored in the file.
-
-    Dispatches on the file's content so other checkpoint kinds can be added here.
-    """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable model file ({err})") from err
-    if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
-        if "config" not in payload or "state_dict" not in payload:
-            raise ValueError(f"{path}: {MODEL_FORMAT} file without 'config' or 'state_dict'")
-        config = HubertConfig.from_dict(payload["config"])
-        model = HubertModel(config)
-        from hubert_lit.quant.binarize import apply_stored_spec
-
-        apply_stored_spec(model, payload.get("quant_spec"))  # binarized: rebuild the quantized layers first
-        model.load_state_dict(payload["state_dict"])
-        return model.eval()
-    from hubert_lit.quant.export import PACKED_FORMAT, model_from_packed
-
-    if isinstance(payload, dict) and payload.get("format") == PACKED_FORMAT:
-        return model_from_packed(payload, str(path))
-    found = (
-        payload.get("format", sorted(payload)[:8]) if isinstance(payload, dict) else type(payload).__name__
-    )
-    raise ValueError(
-        f"{path}: not a hubert-lit model file (expected format {MODEL_FORMAT!r}, found {found!r})"
-    )

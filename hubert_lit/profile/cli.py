@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from hubert_lit.profile.counters import ModelProfile, profile_model
@@ -78,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         metavar="YAML",
-        help="a model config (configs/model/*.yaml, HubertConfig keys) or a pretraining config "
-        "(configs/pretrain/*.yaml: its model.preset/overrides/model_config, 'base:' files "
-        "included)",
+        help="any config under configs/ that describes a model: a model config (configs/model/*.yaml), a "
+        "pretraining config (configs/pretrain/*.yaml, configs/demo.yaml) or a distillation config "
+        "(configs/distill/*.yaml: the binarized student; its teacher is read from its file, or from the config "
+        "that writes it). 'base:' files are included",
     )
     source.add_argument(
         "--table1",
@@ -164,50 +163,15 @@ def parse_quant(text: str | None):
         raise ProfileError(f"--quant {text}: {err}") from err
 
 
-def _merged_pretrain_model_section(path: Path) -> dict[str, Any]:
-    """The ``model:`` section of a pretraining config after its ``base:`` files (later keys win, as in fit)."""
-    from hubert_lit.cli import _config_paths_with_bases
+def model_from_config(path: Path):
+    """The model a config file describes (model, pretraining or distillation config; see
+    :mod:`hubert_lit.run_config`), binarized when it is a distillation student."""
+    from hubert_lit.run_config import RunConfigError, model_of_config
 
-    merged: dict[str, Any] = {}
-    for file in _config_paths_with_bases(path):
-        if not file.is_file():
-            raise ProfileError(f"{path}: base config {file} does not exist")
-        data = yaml.safe_load(file.read_text()) or {}
-        section = data.get("model") or {}
-        if not isinstance(section, Mapping):
-            raise ProfileError(f"{file}: 'model' must be a mapping, got {type(section).__name__}")
-        merged.update(section)
-    return merged
-
-
-def config_from_yaml(path: Path):
-    """A ``HubertConfig`` from a model config or a pretraining config file."""
-    from hubert_lit.models import HubertConfig
-
-    if not path.is_file():
-        raise ProfileError(f"--config: file not found: {path}")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, Mapping):
-        raise ProfileError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        if "encoder" in data:
-            return HubertConfig.from_dict(data)
-        if "model" in data or "base" in data:
-            from hubert_lit.lit.pretrain import build_model_config
-
-            # model.lr, warmup_steps, ... do not change the architecture and are not read
-            model = _merged_pretrain_model_section(path)
-            return build_model_config(
-                model.get("preset") or "vanilla",
-                int(model.get("num_classes") or 0),
-                model.get("overrides"),
-                model.get("model_config"),
-            )
-    except (ValueError, TypeError) as err:
-        raise ProfileError(f"{path}: {err}") from err
-    raise ProfileError(
-        f"{path}: neither a model config (no 'encoder' key) nor a pretraining config (no 'model')"
-    )
+        return model_of_config(path)
+    except RunConfigError as err:
+        raise ProfileError(str(err)) from err
 
 
 def _architecture(config) -> dict[str, Any]:
@@ -226,6 +190,11 @@ def _check_same_architecture(config, model: nn.Module, checkpoint: Path, config_
         )
 
 
+def _check_spec(requested, loaded, what: str, text: str | None) -> None:
+    if requested is not None and loaded is not None and requested.to_dict() != loaded.to_dict():
+        raise ProfileError(f"--quant {text}: {what} is already quantized ({loaded.name})")
+
+
 def build_model(args: argparse.Namespace) -> nn.Module:
     """The model to profile, in eval mode, from the parsed arguments."""
     from hubert_lit.models import HubertModel
@@ -239,29 +208,32 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         except (FileNotFoundError, ValueError) as err:
             raise ProfileError(f"--checkpoint: {err}") from err
         if args.config is not None:
-            _check_same_architecture(config_from_yaml(args.config), model, args.checkpoint, args.config)
+            _check_same_architecture(
+                model_from_config(args.config).config, model, args.checkpoint, args.config
+            )
         if args.frontend is not None and args.frontend != model.config.frontend:
             raise ProfileError(
                 f"--frontend {args.frontend}: the checkpoint's front end is "
                 f"{model.config.frontend!r} and its weights cannot be swapped"
             )
-        loaded = getattr(model, "quant_spec", None)
-        if spec is not None and loaded is not None and spec.to_dict() != loaded.to_dict():
-            raise ProfileError(f"--quant {args.quant}: the checkpoint is already quantized ({loaded.name})")
+        _check_spec(spec, model.quant_spec, "the checkpoint", args.quant)
     else:
         if args.config is not None:
-            config = config_from_yaml(args.config)
+            described = model_from_config(args.config)
+            config, loaded = described.config, described.quant_spec
+            _check_spec(spec, loaded, f"the student of {args.config}", args.quant)
+            spec = spec or loaded
         else:
             from hubert_lit.models.config import preset
 
             try:
-                config = preset(args.model).replace(num_classes=0)
+                config = preset(args.model).replace(num_classes=0)  # inference: no pretraining head
             except ValueError as err:
                 raise ProfileError(f"--model: {err}") from err
         if args.frontend is not None:
             config = config.replace(frontend=args.frontend)
         model = HubertModel(config)
-    if spec is not None and getattr(model, "quant_spec", None) is None:
+    if spec is not None and model.quant_spec is None:
         from hubert_lit.quant import binarize
 
         binarize(model, spec)

@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hubert_lit.constants import SAMPLE_RATE
+from hubert_lit.models import HubertModel
 from hubert_lit.models.attention import MultiHeadAttention
 from hubert_lit.quant.modules import BinaryConv1d, BinaryLinear
 
-SAMPLE_RATE = 16000
 PAPER_STORAGE_BITS = 16  # the paper's storage convention for every non-binarized parameter
 LOW_BIT_LIMIT = 16  # a MAC is "quantized" when both operands have fewer bits than this
 PAPER_NONQ_BITS = 16  # BOP_NonQ = 16 * MACs_fp / 2**30: a full-precision MAC costs 16 binary MACs
@@ -421,11 +422,11 @@ class ModelProfile:
         return asdict(self)
 
 
-def model_precision(model: nn.Module) -> tuple[str, str]:
+def model_precision(model: HubertModel) -> tuple[str, str]:
     """(row-name prefix, precision label): ``("", "FP32")`` or ``("bq_", "FP32-W1A1")`` and the like."""
     dtype = next(model.parameters()).dtype
     base = f"FP{_dtype_bits(dtype)}" if dtype.is_floating_point else str(dtype)
-    spec = getattr(model, "quant_spec", None)
+    spec = model.quant_spec
     if spec is None:
         return "", base
     prefix = "bq_" if spec.name == "W1A1" else f"{spec.name.lower()}_"
@@ -433,7 +434,7 @@ def model_precision(model: nn.Module) -> tuple[str, str]:
 
 
 def profile_model(
-    model: nn.Module,
+    model: HubertModel,
     seconds: float = 10.0,
     name: str | None = None,
     latency_runs: int = 3,
@@ -471,8 +472,7 @@ def profile_model(
     attn_macs = sum(r.macs for r in attention)
     nonq, bq = bop_paper(count)
     prefix, precision = model_precision(model)
-    config = getattr(model, "config", None)
-    base_name = name or getattr(config, "name", None) or type(model).__name__
+    base_name = name or model.config.name
 
     def part_flop(part: str) -> float:
         return sum(r.macs * flop_weight(r.bits) for r in count.records if r.part == part) / G

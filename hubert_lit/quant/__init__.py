@@ -1,11 +1,10 @@
-"""BiT binarization (Liu et al. 2022): quantizers, quantized layers, :func:`binarize` and the quant spec."""
+"""BiT binarization (Liu et al. 2022): quantizers, quantized layers, :func:`binarize`, the quant spec and bit packing."""
 
 from hubert_lit.quant.binarize import (
     activation_quantizers,
     apply_stored_spec,
     binarize,
     dequantize,
-    quant_spec_entry,
     quantization_plan,
     quantized_layers,
     requantize,
@@ -22,7 +21,6 @@ __all__ = [
     "apply_stored_spec",
     "binarize",
     "dequantize",
-    "quant_spec_entry",
     "quantization_plan",
     "quantized_layers",
     "requantize",

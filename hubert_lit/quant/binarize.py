@@ -16,7 +16,7 @@ attention ``prob_hook``                     -              unsigned ``{0, a}``, 
 ==========================================  =============  =============================================
 
 With ``ffn_relu`` the feed-forward's GELU/Swish becomes ReLU (BiT). The spec is stored on the model as
-``model.quant_spec`` so a checkpoint can carry it; :func:`rebuild_binarized` is the loader's side.
+``model.quant_spec`` so a file can carry it; :func:`apply_stored_spec` is the loader's side.
 """
 
 from __future__ import annotations
@@ -157,13 +157,6 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, BinaryLinear | Bin
             yield name, module
 
 
-def mark_initialized(model: nn.Module) -> None:
-    """Mark every activation scale as initialised (after loading trained scales from elsewhere)."""
-    for _, quant in activation_quantizers(model):
-        quant.initialized.fill_(True)
-        quant._initialized_seen = True
-
-
 def dequantize(model: nn.Module) -> nn.Module:
     """Undo :func:`binarize` in place: quantized layers become ``nn.Linear``/``nn.Conv1d`` with their latent
     weights and attention hooks become ``nn.Identity``. ReLUs introduced by ``ffn_relu`` stay."""
@@ -227,9 +220,3 @@ def apply_stored_spec(model: nn.Module, stored: dict | QuantSpec | None) -> nn.M
     if stored is None:
         return model
     return binarize(model, stored if isinstance(stored, QuantSpec) else QuantSpec.from_dict(dict(stored)))
-
-
-def quant_spec_entry(model: nn.Module) -> dict:
-    """``{"quant_spec": spec dict}`` for a quantized model, ``{}`` otherwise (to merge into a checkpoint dict)."""
-    spec = getattr(model, "quant_spec", None)
-    return {} if spec is None else {"quant_spec": spec.to_dict()}

@@ -1,12 +1,14 @@
-"""``python -m hubert_lit evaluate``: SUPERB-style evaluation of a checkpoint on the Mini-SUPERB task sets.
+"""SUPERB-style evaluation of a model on the Mini-SUPERB task sets (the ``evaluate`` tool's library; its command
+line is :mod:`hubert_lit.superb.cli`).
 
 For each task: the frozen model's hidden states of every split are computed once (reused by every learning
 rate), then a task head is trained on a softmax-weighted sum of all layers for each learning rate of the task's
 grid; dev picks the learning rate and the checkpoint, and the test split is scored once with them. QbE trains
 nothing: subsequence DTW on each layer, the best layer chosen on dev. Settings: ``configs/superb/<task>.yaml``.
 
-Prints a row like the paper's Table 2 and writes ``<out>/<run>.json`` (everything: per-task dev/test metrics,
-learning-rate search, layer weights, wall times) and ``<out>/<run>.csv`` (the row).
+:func:`evaluate_tasks` returns the per-task results; :func:`write_report` writes ``<out>/<run>.json`` (everything:
+per-task dev/test metrics, learning-rate search, layer weights, wall times) and ``<out>/<run>.csv`` (the row, like
+the paper's Table 2).
 
 The tasks are small synthetic stand-ins for SUPERB's (eSpeak NG speech; the ER slot is prosody-preset
 classification, not emotion): the numbers check a model and compare models with each other, they are not
@@ -15,7 +17,6 @@ comparable with the paper's.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -28,7 +29,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from hubert_lit.superb.tasks.config import TASK_NAMES, TaskConfig, load_task_config
+from hubert_lit.constants import SUPERB_TASKS as TASK_NAMES
+from hubert_lit.models import HubertModel
+from hubert_lit.superb.tasks.config import TaskConfig
 
 DEFAULT_OUT = Path("experiments/results/superb")
 
@@ -46,136 +49,6 @@ COLUMNS: dict[str, tuple[str, str, float, str]] = {
     "sd": ("sd_der", "der", 100.0, "SD DER%↓"),
     "prosody": ("er_acc", "accuracy", 100.0, "ER slot: prosody Acc%↑"),
 }
-
-
-def parse_tasks(value: str) -> list[str]:
-    """``all`` or a comma-separated list of task names (paper order kept)."""
-    if value.strip() == "all":
-        return list(TASK_NAMES)
-    tasks = [t.strip() for t in value.split(",") if t.strip()]
-    for task in tasks:
-        if task == "er":
-            raise argparse.ArgumentTypeError(
-                "SUPERB's ER slot is the task 'prosody' here (prosody presets, not emotion)"
-            )
-        if task not in TASK_NAMES:
-            raise argparse.ArgumentTypeError(
-                f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)} or all"
-            )
-    if not tasks:
-        raise argparse.ArgumentTypeError("no task given")
-    return sorted(set(tasks), key=TASK_NAMES.index)
-
-
-def parse_lrs(values: list[str] | None) -> tuple[list[float] | None, dict[str, list[float]]]:
-    """``--lrs`` entries: ``1e-3`` (every task) or ``ks=1e-3`` (one task); returns (global, per task)."""
-    shared: list[float] = []
-    per_task: dict[str, list[float]] = {}
-    for entry in values or []:
-        for part in entry.split(","):
-            if not part.strip():
-                continue
-            task, _, number = part.rpartition("=")
-            try:
-                lr = float(number)
-            except ValueError:
-                raise ValueError(f"--lrs: {part!r} is not a learning rate (e.g. 1e-3 or ks=1e-3)") from None
-            if lr <= 0:
-                raise ValueError(f"--lrs: learning rates must be positive, got {part!r}")
-            if task:
-                if task not in TASK_NAMES or task == "qbe":
-                    raise ValueError(f"--lrs: {task!r} is not a trained task")
-                per_task.setdefault(task, []).append(lr)
-            else:
-                shared.append(lr)
-    return (shared or None), per_task
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m hubert_lit evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="model file: a pretraining .ckpt, a save_model file or a (packed) binarized model; "
-        "anything hubert_lit.load_model reads",
-    )
-    parser.add_argument(
-        "--tasks",
-        type=parse_tasks,
-        default=list(TASK_NAMES),
-        help=f"'all' or a comma-separated subset of {','.join(TASK_NAMES)} (default: all)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=Path("data/superb"),
-        help="Mini-SUPERB data root written by `python -m hubert_lit superb-data` (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--lrs",
-        nargs="+",
-        default=None,
-        metavar="LR",
-        help="learning rates instead of the configs' grids: '1e-3' for every task, 'ks=1e-2' for "
-        "one task; several values form a grid (e.g. --lrs 1e-3 1e-2 sid=1e-1)",
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="training steps per learning rate instead of the configs' (the number of dev "
-        "evaluations stays the same)",
-    )
-    parser.add_argument(
-        "--run-name", default=None, help="name of the result files (default: the checkpoint's file stem)"
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="result folder (default: %(default)s)")
-    parser.add_argument(
-        "--configs",
-        type=Path,
-        default=None,
-        help="folder of <task>.yaml task configs (default: the built-in ones, identical to configs/superb/)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of head initialisation and batching")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where the upstream runs and the heads train (default: cuda if available)",
-    )
-    parser.add_argument(
-        "--batch-seconds",
-        type=float,
-        default=60.0,
-        help="audio seconds per upstream batch when computing hidden states (default: 60)",
-    )
-    parser.add_argument(
-        "--cache-dtype",
-        choices=("float32", "float16"),
-        default="float32",
-        help="precision of the cached hidden states; float16 halves their memory (HuBERT Base on the small "
-        "scale holds a few GB per task in float32); heads always train in float32 (default: float32)",
-    )
-    parser.add_argument(
-        "--random-init",
-        action="store_true",
-        help="baseline: evaluate a freshly initialised model (seeded by --seed) of the checkpoint's "
-        "architecture instead of its weights (full-precision checkpoints only); the run name gets '_random'",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return name
 
 
 class StateCache:
@@ -216,13 +89,12 @@ class StateCache:
         self.used = set()
 
 
-def randomly_initialised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+def randomly_initialised(model: HubertModel, seed: int) -> HubertModel:
     """A fresh model of ``model``'s architecture (its config), initialised under ``seed``: the random baseline."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(model, "quant_spec", None) is not None:
-        raise ValueError("--random-init needs a full-precision HuBERT checkpoint (with a config)")
+    if model.quant_spec is not None:
+        raise ValueError("--random-init needs a full-precision HuBERT checkpoint")
     torch.manual_seed(seed)
-    return type(model)(config)
+    return type(model)(model.config)
 
 
 def occurrence_docs(occurrences: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
@@ -234,15 +106,16 @@ def run_task(
     config: TaskConfig,
     data: Any,
     cache: StateCache,
-    args: argparse.Namespace,
     lrs: list[float] | None,
     accelerator: str,
+    max_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Any:
     """Evaluate one task: cached hidden states, then the learning-rate search (QbE: the layer search)."""
     from hubert_lit.superb.tasks import build_task, evaluate_qbe, train_task
 
     task = config.task
-    progress = not args.no_progress
     if task == "qbe":
         docs = data.splits["docs"]
         doc_states = cache.get(data, docs, "qbe docs")
@@ -266,8 +139,8 @@ def run_task(
         head_task,
         states,
         lrs=lrs,
-        max_steps=args.max_steps,
-        seed=args.seed,
+        max_steps=max_steps,
+        seed=seed,
         accelerator=accelerator,
         progress=False,
     )
@@ -298,17 +171,15 @@ def format_row(name: str, row: dict[str, float | None]) -> str:
 PROFILE_SECONDS = 10.0  # utterance length of the storage/FLOP/BOP profile (the profile tool's default)
 
 
-def model_summary(model: torch.nn.Module) -> dict[str, Any]:
+def model_summary(model: HubertModel) -> dict[str, Any]:
     """Parameters, config and, through :func:`hubert_lit.profile.profile_model`, storage/FLOP/BOP of a
     ``PROFILE_SECONDS`` utterance (``profile`` is None when the model cannot be profiled)."""
-    config = getattr(model, "config", None)
     summary: dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "binarized": getattr(model, "quant_spec", None) is not None,
+        "binarized": model.quant_spec is not None,
+        "name": model.config.name,
+        "config": model.config.to_dict(),
     }
-    if config is not None and hasattr(config, "to_dict"):
-        summary["name"] = getattr(config, "name", None)
-        summary["config"] = config.to_dict()
     try:
         from hubert_lit.profile import profile_model
 
@@ -320,66 +191,40 @@ def model_summary(model: torch.nn.Module) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        shared_lrs, task_lrs = parse_lrs(args.lrs)
-        device = resolve_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error("--max-steps must be >= 1")
-    if not args.checkpoint or not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint: file not found: {args.checkpoint}")
-    if not args.data.is_dir():
-        parser.error(
-            f"--data: folder not found: {args.data} (build it with `python -m hubert_lit superb-data`)"
-        )
-
-    import hubert_lit
-    from hubert_lit.superb.data import load_task
-
-    run = args.run_name or Path(args.checkpoint).stem + ("_random" if args.random_init else "")
-    datasets, configs = {}, {}
-    for task in args.tasks:  # read and check every task's files and config before any training
-        try:
-            configs[task] = load_task_config(task, args.configs)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"evaluate: {task}: bad task config: {err}", file=sys.stderr)
-            return 2
-        try:
-            datasets[task] = load_task(args.data, task)
-        except (FileNotFoundError, ValueError) as err:  # TaskDataError names the file and line
-            print(f"evaluate: {task}: bad task data: {err}", file=sys.stderr)
-            return 2
-    try:
-        model = hubert_lit.load_model(args.checkpoint)
-        if args.random_init:
-            model = randomly_initialised(model, args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"evaluate: cannot load --checkpoint: {err}", file=sys.stderr)
-        return 2
+def evaluate_tasks(
+    model: HubertModel,
+    datasets: dict[str, Any],
+    configs: dict[str, TaskConfig],
+    *,
+    lrs: dict[str, list[float] | None],
+    device: str = "cpu",
+    max_steps: int | None = None,
+    seed: int = 0,
+    batch_seconds: float = 60.0,
+    cache_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate the frozen ``model`` on each task of ``datasets`` (loaded with
+    :func:`hubert_lit.superb.data.load_task`) with its ``configs`` entry; ``lrs[task]`` replaces the config's
+    learning-rate grid when not None. Returns task -> result dict (dev/test metrics, chosen lr, timings)."""
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     accelerator = "gpu" if device == "cuda" else "cpu"
-    cache = StateCache(
-        model, device, args.batch_seconds, not args.no_progress, getattr(torch, args.cache_dtype)
-    )
+    cache = StateCache(model, device, batch_seconds, progress, cache_dtype)
     # ASR then PR: they share their audio, so PR reuses ASR's hidden states
-    order = sorted(args.tasks, key=lambda t: (t != "asr", t != "pr", TASK_NAMES.index(t)))
-    results: dict[str, Any] = {}
-    scales = {}
-    bar = tqdm(order, desc="tasks", disable=args.no_progress)
+    order = sorted(datasets, key=lambda t: (t != "asr", t != "pr", TASK_NAMES.index(t)))
+    results: dict[str, dict[str, Any]] = {}
+    bar = tqdm(order, desc="tasks", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task)
         start = time.perf_counter()
         extract_before = cache.seconds
-        data = datasets[task]
-        scales[task] = data.meta.get("scale")
-        lrs = task_lrs.get(task, shared_lrs)
-        result = asdict(run_task(configs[task], data, cache, args, lrs, accelerator))
+        result = asdict(
+            run_task(
+                configs[task], datasets[task], cache, lrs.get(task), accelerator, max_steps, seed, progress
+            )
+        )
         result["extract_seconds"] = cache.seconds - extract_before
         result["seconds"] = time.perf_counter() - start
         results[task] = result
@@ -390,20 +235,29 @@ def main(argv: list[str] | None = None) -> int:
             f"lr {result['lr']}, {result['seconds']:.0f} s)",
             file=sys.stderr,
         )
+    return results
+
+
+def write_report(
+    out: Path,
+    run: str,
+    model: HubertModel,
+    results: dict[str, dict[str, Any]],
+    datasets: dict[str, Any],
+    meta: dict[str, Any],
+) -> tuple[Path, Path, dict[str, float | None]]:
+    """Write ``<out>/<run>.json`` (``meta`` + the model summary + every result) and ``<out>/<run>.csv`` (the
+    Table 2 row); returns both paths and the row."""
     row = table_row(results)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     summary = model_summary(model)
     if summary["profile"] is None:
         print(f"warning: no storage/BOP profile in the report ({summary['profile_error']})", file=sys.stderr)
     report = {
         "run": run,
-        "checkpoint": str(args.checkpoint),
-        "random_init": args.random_init,
+        **meta,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": str(args.data),
-        "data_scale": scales,
-        "device": device,
-        "max_steps": args.max_steps,
+        "data_scale": {task: data.meta.get("scale") for task, data in datasets.items()},
         "model": summary,
         "row": row,
         "units": {COLUMNS[t][0]: COLUMNS[t][3] for t in COLUMNS},
@@ -411,16 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         "note": "Mini-SUPERB: synthetic eSpeak NG task sets; the ER slot is prosody-preset classification. "
         "Not comparable with the paper's SUPERB numbers.",
     }
-    json_path, csv_path = args.out / f"{run}.json", args.out / f"{run}.csv"
+    json_path, csv_path = out / f"{run}.json", out / f"{run}.csv"
     json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "checkpoint", *row])
-        writer.writerow([run, str(args.checkpoint), *("" if v is None else f"{v:.4f}" for v in row.values())])
-    print(format_row(run, row))
-    print(f"\nwrote {json_path} and {csv_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        writer.writerow(
+            [run, str(meta.get("checkpoint", "")), *("" if v is None else f"{v:.4f}" for v in row.values())]
+        )
+    return json_path, csv_path, row

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-SAMPLE_RATE = 16000
+from hubert_lit.constants import SAMPLE_RATE
 
 
 def load_audio(path: str | Path) -> Tensor:

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-DOWNSAMPLE_RATE = 320  # samples per frame at 16 kHz (20 ms)
-SAMPLE_RATE = 16000
+from hubert_lit.constants import FRAME_HOP
+
+DOWNSAMPLE_RATE = FRAME_HOP  # s3prl's name: samples per frame at 16 kHz (20 ms)
 
 
 class UpstreamExpert(nn.Module):

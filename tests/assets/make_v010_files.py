@@ -61,8 +61,9 @@ def fit(run_root: Path, name: str, data: tuple[Path, Path], *extra: str) -> Path
 
 
 def main(out: Path) -> None:
-    import hubert_lit
     from hubert_lit.quant.export import main as export_main
+
+    import hubert_lit
 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
@@ -73,7 +74,10 @@ def main(out: Path) -> None:
     shutil.copy(vanilla / "step00000004.ckpt", out / "pretrain_vanilla_tiny.ckpt")
 
     conformer = fit(work / "runs", "conformer", data, "--model.preset=conformer_s_tiny", *pretrain)
-    assert export_main(["--checkpoint", str(conformer / "last.ckpt"), "--out", str(out / "conformer_s_tiny.pt")]) == 0
+    assert (
+        export_main(["--checkpoint", str(conformer / "last.ckpt"), "--out", str(out / "conformer_s_tiny.pt")])
+        == 0
+    )
 
     distill = fit(
         work / "runs",

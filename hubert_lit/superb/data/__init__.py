@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-TASKS = ("asr", "pr", "ks", "qbe", "ic", "sf", "sid", "asv", "sd", "prosody")
+from hubert_lit.constants import SAMPLE_RATE, SUPERB_TASKS
+
+TASKS = SUPERB_TASKS
 SPLITS = ("train", "dev", "test")
 QBE_SPLITS = ("docs", "dev", "test")  # TaskData.splits keys for qbe: documents and the two query sets
 

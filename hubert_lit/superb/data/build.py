@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hubert_lit.constants import SAMPLE_RATE
+from hubert_lit.superb.data import TASKS
 from hubert_lit.superb.data.common import (
-    SAMPLE_RATE,
     SPLITS,
     BuildContext,
     Record,
@@ -31,8 +32,6 @@ from hubert_lit.superb.data.qbe import plan_qbe
 from hubert_lit.superb.data.text_tasks import plan_asr_pr, plan_ic, plan_sf
 from hubert_lit.superb.data.utterance_tasks import plan_asv, plan_ks, plan_prosody, plan_sid
 from hubert_lit.system import available_cpus
-
-TASKS = ("asr", "pr", "ks", "qbe", "ic", "sf", "sid", "asv", "sd", "prosody")
 
 
 def _splits(train: int, dev: int, test: int) -> dict[str, int]:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.espeak import ENGLISH_VOICES, SILENCE, Synthesizer, SynthResult
 from hubert_lit.data.sentences import Sentence, SentenceGenerator, normalize_transcript
 from hubert_lit.data.synth import VARIANTS
 
-SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
 NO_SPEAKER = "none"  # speaker field of items without speech (ks _silence_ clips)
 PEAK_LEVEL = 10 ** (-1.0 / 20)  # speech is scaled to a -1 dBFS peak unless a task keeps the level

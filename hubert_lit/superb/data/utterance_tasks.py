@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.sentences import Sentence, SentenceGenerator
 from hubert_lit.superb.data.common import (
     NO_SPEAKER,
-    SAMPLE_RATE,
     SPLITS,
     BuildContext,
     Channel,

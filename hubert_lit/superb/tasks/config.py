@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The paper's Table 2 order. SUPERB's emotion-recognition slot is "prosody" here: the mini task set classifies
-# synthesizer prosody presets, which is not emotion recognition.
-TASK_NAMES = ("asr", "ks", "sf", "sid", "pr", "qbe", "ic", "asv", "sd", "prosody")
+from hubert_lit.constants import SUPERB_TASKS as TASK_NAMES  # the paper's Table 2 order
 
 
 @dataclass

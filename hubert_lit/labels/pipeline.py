@@ -1,21 +1,22 @@
-"""``python -m hubert_lit label``: k-means pseudo-labels (acoustic units) for a shard folder.
+"""k-means pseudo-labels (acoustic units) for a shard folder: :func:`label_corpus` (the ``label`` tool's library).
 
 Two streaming passes over the shards, never holding more than the fit sample in memory:
 
-1. (skipped with ``--centroids``) features of a seeded sample of utterances, chosen by a hash of the utterance
-   id and the seed (so the sample does not depend on how shards are split across processes) and capped at
-   ``--max-fit-frames``; rank 0 gathers the sample in canonical order, fits k-means, broadcasts the centroids;
+1. (skipped when the centroids of an earlier run are given) features of a seeded sample of utterances, chosen by a
+   hash of the utterance id and the seed (so the sample does not depend on how shards are split across processes)
+   and capped at ``max_fit_frames``; rank 0 gathers the sample in canonical order, fits k-means, broadcasts the
+   centroids;
 2. every utterance is assigned to its nearest centroid; each process writes the label files of its shards.
 
 The output follows the label-file format of :mod:`hubert_lit.data.label_files`: ``meta.json``,
 ``<shard name>.labels.npz`` per input shard, plus ``centroids.npy``. When the shards carry phone alignments,
 phone purity, cluster purity and PNMI are printed and stored in ``meta.json``. A run with N processes writes the
-same files as a single-process run.
+same files as a single-process run. The command line is :mod:`hubert_lit.labels.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import sys
 import time
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.label_files import (
     LABELS_SUFFIX,
     META_FILE,
@@ -37,7 +39,7 @@ from hubert_lit.data.label_files import (
     save_label_meta,
     save_shard_labels,
 )
-from hubert_lit.data.shardio import SAMPLE_RATE, ShardFormatError, ShardIndex, load_index
+from hubert_lit.data.shardio import ShardFormatError, ShardIndex, load_index
 from hubert_lit.labels.distributed import DistContext
 from hubert_lit.labels.features import (
     DEFAULT_CONTEXT_SAMPLES,
@@ -54,6 +56,7 @@ from hubert_lit.labels.kmeans import Assigner, faiss_num_gpus, fit_kmeans
 from hubert_lit.labels.quality import PhoneClusterCounts, format_quality, frame_phone_ids, quality_report
 
 LABELS_FORMAT = "hubert-lit-labels/1"
+DEFAULT_LAYER = 6
 CENTROIDS_FILE = "centroids.npy"
 # Features of the same kind agree on these keys; centroids fitted on one cannot label the other.
 FEATURE_IDENTITY_KEYS = ("type", "dim", "frame_rate", "layer", "checkpoint_sha256")
@@ -222,159 +225,46 @@ def merge_reports(reports: Iterable[RankReport], num_classes: int) -> RankReport
     return merged
 
 
-# --------------------------------------------------------------------------------------------- setup
+# --------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Which features are clustered: ``kind`` "mfcc" (39-dim MFCC + deltas at 100 Hz, iteration 1) or "hubert" (the
+    output of encoder ``layer`` of the model in ``checkpoint``, 50 Hz; 0 = the encoder input). Long utterances go
+    through the model in chunks of ``max_chunk_seconds`` with ``context_seconds`` of extra audio on each side."""
+
+    kind: str
+    checkpoint: Path | None = None
+    layer: int | None = None
+    max_chunk_seconds: float = DEFAULT_MAX_CHUNK_SAMPLES / SAMPLE_RATE
+    context_seconds: float = DEFAULT_CONTEXT_SAMPLES / SAMPLE_RATE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m hubert_lit label",
-        description=(
-            "Discover acoustic units: fit k-means on MFCC or HuBERT-layer features of a seeded sample of "
-            "utterances, then label every utterance of a shard folder. Writes meta.json, centroids.npy and one "
-            "<shard>.labels.npz per shard. Run under torchrun (WORLD_SIZE > 1) to split the shards across "
-            "processes; the output is identical to a single-process run."
-        ),
-    )
-    p.add_argument(
-        "--shards",
-        type=Path,
-        required=True,
-        help="shard folder (index.json + shard-*.tar) written by `python -m hubert_lit shard`",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="labels folder to write (meta.json, centroids.npy, <shard name>.labels.npz)",
-    )
-    p.add_argument(
-        "--features",
-        choices=("mfcc", "hubert"),
-        default=None,
-        help="mfcc: 39-dim MFCC+deltas at 100 Hz (iteration 1); hubert: a transformer layer of "
-        "--checkpoint at 50 Hz. Required unless --centroids gives it",
-    )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="pretraining checkpoint (.ckpt) or model file (hubert_lit.models.save_model) whose layer is "
-        "clustered (--features hubert)",
-    )
-    p.add_argument(
-        "--layer",
-        type=int,
-        default=None,
-        help="transformer layer whose output is clustered (0 = encoder input); default 6, or the "
-        "layer recorded with --centroids",
-    )
-    p.add_argument(
-        "--clusters",
-        type=int,
-        default=None,
-        help="number of k-means clusters k (e.g. 100 for MFCC, 500 for HuBERT features); "
-        "required unless --centroids",
-    )
-    p.add_argument(
-        "--centroids",
-        type=Path,
-        default=None,
-        help="labels folder of an earlier run (e.g. train) whose centroids.npy labels these shards "
-        "(dev/test) without fitting; its features settings must match",
-    )
-    p.add_argument(
-        "--fit-fraction",
-        type=float,
-        default=0.1,
-        help="fraction of utterances in the k-means fit sample, chosen by a seeded hash of the id (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-fit-frames",
-        type=int,
-        default=2_000_000,
-        help="cap on the fit sample (frames); the sample is held in memory, frames x dim x 4 bytes "
-        "(twice that on rank 0 while gathering). Utterances over the cap are left out and the "
-        "run says so (default: %(default)s)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the fit sample and the k-means initialisation (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-iter", type=int, default=100, help="maximum Lloyd iterations per stage (default: %(default)s)"
-    )
-    p.add_argument(
-        "--tol",
-        type=float,
-        default=1e-4,
-        help="stop a Lloyd stage when 5 iterations (2 when refining after the coarse stage) lower the objective "
-        "by less than this fraction (default: %(default)s)",
-    )
-    p.add_argument(
-        "--n-init",
-        type=int,
-        default=1,
-        help="k-means restarts (seeds seed, seed+1, ...); best kept (default: %(default)s)",
-    )
-    p.add_argument(
-        "--init-size",
-        type=int,
-        default=30_000,
-        help="points of the fit sample used for the k-means++ initialisation (default: %(default)s)",
-    )
-    p.add_argument(
-        "--coarse-size",
-        type=int,
-        default=50_000,
-        help="when the fit sample has more than twice max(this, 100 x --clusters) frames, Lloyd first "
-        "converges on a subsample of that size, then refines on every frame (0: always all frames) "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--device",
-        default=None,
-        help="torch device for HuBERT features (default: cuda if available, else cpu; under "
-        "torchrun each process takes cuda:LOCAL_RANK)",
-    )
-    p.add_argument(
-        "--max-chunk-seconds",
-        type=float,
-        default=DEFAULT_MAX_CHUNK_SAMPLES / SAMPLE_RATE,
-        help="longer utterances go through the model in chunks of this length (--features hubert) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--context-seconds",
-        type=float,
-        default=DEFAULT_CONTEXT_SAMPLES / SAMPLE_RATE,
-        help="extra audio on each side of a chunk, whose frames are dropped (--features hubert) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the labels, meta.json and centroids.npy of an existing labels folder",
-    )
-    p.add_argument(
-        "--dist-timeout-minutes",
-        type=float,
-        default=240.0,
-        help="how long processes wait for each other (rank 0 fits k-means while the others wait) (default: %(default)s)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+@dataclass(frozen=True)
+class KMeansOptions:
+    """The k-means fit: sample (``fit_fraction`` of the utterances by seeded hash, at most ``max_fit_frames``),
+    greedy k-means++ on ``init_size`` points, Lloyd (``max_iter``, ``tol``; first on ``coarse_size`` frames when
+    the sample is much larger), ``n_init`` restarts."""
+
+    fit_fraction: float = 0.1
+    max_fit_frames: int = 2_000_000
+    seed: int = 0
+    max_iter: int = 100
+    tol: float = 1e-4
+    n_init: int = 1
+    init_size: int = 30_000
+    coarse_size: int = 50_000
 
 
 def load_centroids(label_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """``centroids.npy`` and ``meta.json`` of an earlier labelling run."""
     path = label_dir / CENTROIDS_FILE
     if not path.is_file():
-        raise LabelError(f"--centroids {label_dir}: {path} not found (not a labels folder of this tool?)")
+        raise LabelError(f"centroids {label_dir}: {path} not found (not a labels folder of this tool?)")
     try:
         meta = load_label_meta(label_dir)
         centroids = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise LabelError(f"--centroids {label_dir}: {err}") from err
+        raise LabelError(f"centroids {label_dir}: {err}") from err
     if centroids.ndim != 2 or centroids.dtype != np.float32 or centroids.shape[0] != meta["num_classes"]:
         raise LabelError(
             f"{path}: expected float32 (k={meta['num_classes']}, dim) centroids, got {centroids.dtype} "
@@ -401,48 +291,54 @@ def resolve_device(requested: str | None, features: str) -> torch.device:
     return torch.device(requested)
 
 
-def check_args(args: argparse.Namespace, source_meta: dict[str, Any] | None) -> None:
-    """Fill features/layer/clusters from --centroids and reject inconsistent or out-of-range options."""
+def resolve_options(
+    features: FeatureOptions | None,
+    clusters: int | None,
+    kmeans: KMeansOptions,
+    source_meta: dict[str, Any] | None,
+    source: Path | None,
+) -> tuple[FeatureOptions, int]:
+    """Features and k of the run: taken from the earlier run's ``meta.json`` where ``source`` is given (and
+    checked against what was asked), else as given; inconsistent or out-of-range settings raise LabelError."""
     if source_meta is not None:
-        source_features = source_meta["features"]
-        if args.features is None:
-            args.features = source_features.get("type")
-        if args.features == "hubert" and args.layer is None:
-            args.layer = source_features.get("layer")
-        if args.clusters is not None and args.clusters != source_meta["num_classes"]:
-            raise LabelError(
-                f"--clusters {args.clusters} but {args.centroids} has {source_meta['num_classes']}"
-            )
-        args.clusters = source_meta["num_classes"]
-    if args.features not in ("mfcc", "hubert"):
+        recorded = source_meta["features"]
+        kind = (features.kind if features is not None else None) or recorded.get("type")
+        layer = features.layer if features is not None else None
+        if kind == "hubert" and layer is None:
+            layer = recorded.get("layer")
+        if clusters is not None and clusters != source_meta["num_classes"]:
+            raise LabelError(f"--clusters {clusters} but {source} has {source_meta['num_classes']}")
+        clusters = source_meta["num_classes"]
+        base = features or FeatureOptions(kind=kind)
+        features = FeatureOptions(kind, base.checkpoint, layer, base.max_chunk_seconds, base.context_seconds)
+    if features is None or features.kind not in ("mfcc", "hubert"):
         raise LabelError("--features mfcc|hubert is required (or --centroids of an earlier run)")
-    if args.clusters is None or args.clusters < 1:
-        raise LabelError(f"--clusters must be a positive integer, got {args.clusters}")
-    if args.features == "hubert":
-        if args.checkpoint is None:
+    if clusters is None or clusters < 1:
+        raise LabelError(f"--clusters must be a positive integer, got {clusters}")
+    if features.kind == "hubert":
+        if features.checkpoint is None:
             raise LabelError("--features hubert needs --checkpoint")
-        if args.layer is None:
-            args.layer = 6
-    elif args.checkpoint is not None or args.layer is not None:
+        if features.layer is None:
+            features = dataclasses.replace(features, layer=DEFAULT_LAYER)
+    elif features.checkpoint is not None or features.layer is not None:
         raise LabelError("--checkpoint and --layer only apply to --features hubert")
-    if not 0.0 < args.fit_fraction <= 1.0:
-        raise LabelError(f"--fit-fraction must be in (0, 1], got {args.fit_fraction}")
-    if args.max_fit_frames < args.clusters:
-        raise LabelError(f"--max-fit-frames {args.max_fit_frames} is below --clusters {args.clusters}")
-    if args.centroids is not None and args.centroids.resolve() == args.out.resolve():
-        raise LabelError("--centroids and --out are the same folder")
+    if not 0.0 < kmeans.fit_fraction <= 1.0:
+        raise LabelError(f"--fit-fraction must be in (0, 1], got {kmeans.fit_fraction}")
+    if kmeans.max_fit_frames < clusters:
+        raise LabelError(f"--max-fit-frames {kmeans.max_fit_frames} is below --clusters {clusters}")
+    return features, clusters
 
 
-def build_extractor(args: argparse.Namespace, device: torch.device) -> FeatureExtractor:
-    if args.features == "mfcc":
+def build_extractor(features: FeatureOptions, device: torch.device) -> FeatureExtractor:
+    if features.kind == "mfcc":
         return MfccFeatures()
     try:
         return HubertLayerFeatures(
-            args.checkpoint,
-            args.layer,
+            features.checkpoint,
+            features.layer,
             device=device,
-            max_chunk_samples=int(round(args.max_chunk_seconds * SAMPLE_RATE)),
-            context_samples=int(round(args.context_seconds * SAMPLE_RATE)),
+            max_chunk_samples=int(round(features.max_chunk_seconds * SAMPLE_RATE)),
+            context_samples=int(round(features.context_seconds * SAMPLE_RATE)),
         )
     except (FileNotFoundError, ValueError) as err:
         raise LabelError(str(err)) from err
@@ -462,7 +358,11 @@ def check_same_features(extractor: FeatureExtractor, source_meta: dict[str, Any]
 
 
 def fit_on_rank0(
-    args: argparse.Namespace, gathered: list[dict[str, np.ndarray]], selection: FitSelection, dim: int
+    clusters: int,
+    kmeans: KMeansOptions,
+    gathered: list[dict[str, np.ndarray]],
+    selection: FitSelection,
+    dim: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Concatenate the gathered fit features in canonical order and fit k-means."""
     features: dict[str, np.ndarray] = {}
@@ -470,9 +370,9 @@ def fit_on_rank0(
         features.update(part)
     ids = [i for i in selection.ids if i in features]
     frames = sum(features[i].shape[0] for i in ids)
-    if frames < args.clusters:
+    if frames < clusters:
         raise LabelError(
-            f"the fit sample has {frames} frames ({len(ids)} utterances), fewer than --clusters {args.clusters}; "
+            f"the fit sample has {frames} frames ({len(ids)} utterances), fewer than --clusters {clusters}; "
             "raise --fit-fraction"
         )
     x = np.empty((frames, dim), dtype=np.float32)
@@ -482,34 +382,34 @@ def fit_on_rank0(
         row += features[i].shape[0]
         del features[i]
     print(
-        f"fitting k-means: k={args.clusters} on {frames} frames x {dim} dims from {len(ids)} utterances "
+        f"fitting k-means: k={clusters} on {frames} frames x {dim} dims from {len(ids)} utterances "
         f"(faiss {faiss.__version__}, {'GPU' if faiss_num_gpus() else 'CPU'})",
         flush=True,
     )
     result = fit_kmeans(
         x,
-        args.clusters,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        n_init=args.n_init,
-        init_size=args.init_size,
-        coarse_size=args.coarse_size,
+        clusters,
+        seed=kmeans.seed,
+        max_iter=kmeans.max_iter,
+        tol=kmeans.tol,
+        n_init=kmeans.n_init,
+        init_size=kmeans.init_size,
+        coarse_size=kmeans.coarse_size,
     )
     info = {
         "library": f"faiss {faiss.__version__} ({'GPU' if faiss_num_gpus() else 'CPU'})",
         "init": "greedy k-means++",
-        "seed": args.seed,
-        "n_init": args.n_init,
-        "init_size": args.init_size,
-        "coarse_size": args.coarse_size,
+        "seed": kmeans.seed,
+        "n_init": kmeans.n_init,
+        "init_size": kmeans.init_size,
+        "coarse_size": kmeans.coarse_size,
         "coarse_iterations": result.coarse_iterations,
-        "max_iter": args.max_iter,
-        "tol": args.tol,
+        "max_iter": kmeans.max_iter,
+        "tol": kmeans.tol,
         "iterations": result.iterations,
         "inertia_per_frame": result.inertia,
-        "fit_fraction": args.fit_fraction,
-        "max_fit_frames": args.max_fit_frames,
+        "fit_fraction": kmeans.fit_fraction,
+        "max_fit_frames": kmeans.max_fit_frames,
         "fit_candidates": selection.candidates,
         "fit_capped": selection.capped,
         "fit_utterances": len(ids),
@@ -519,15 +419,32 @@ def fit_on_rank0(
     return result.centroids, info
 
 
-def run(
-    args: argparse.Namespace,
+@dataclass(frozen=True)
+class LabelSummary:
+    """What a labelling run wrote (rank 0's view; other ranks get the same object)."""
+
+    out: Path
+    num_classes: int
+    label_rate: int
+    utterances: int
+    frames: int
+    unreadable: int
+    quality: dict[str, Any] | None
+
+
+def _run(
+    shards_dir: Path,
+    out_dir: Path,
+    clusters: int,
+    kmeans: KMeansOptions,
     ctx: DistContext,
     extractor: FeatureExtractor,
     index: ShardIndex,
     source: tuple[np.ndarray, dict[str, Any]] | None,
-) -> int:
-    out_dir: Path = args.out
-    show = ctx.is_main and not args.no_progress
+    source_dir: Path | None,
+    progress: bool,
+) -> LabelSummary:
+    show = ctx.is_main and progress
     shards = shards_of_rank(index, ctx)
     label_rate = extractor.label_rate
 
@@ -539,14 +456,14 @@ def run(
 
     if source is not None:
         centroids, source_meta = source
-        kmeans_info = dict(source_meta["kmeans"], centroids_from=str(args.centroids.resolve()))
+        kmeans_info = dict(source_meta["kmeans"], centroids_from=str(source_dir.resolve()))
     else:
         selection = select_fit_utterances(
-            index, args.fit_fraction, args.seed, args.max_fit_frames, label_rate
+            index, kmeans.fit_fraction, kmeans.seed, kmeans.max_fit_frames, label_rate
         )
         if ctx.is_main and selection.capped:
             print(
-                f"fit sample capped by --max-fit-frames {args.max_fit_frames}: {len(selection.ids)} of "
+                f"fit sample capped by --max-fit-frames {kmeans.max_fit_frames}: {len(selection.ids)} of "
                 f"{selection.candidates} selected utterances kept",
                 flush=True,
             )
@@ -556,7 +473,7 @@ def run(
         outcome: tuple[np.ndarray, dict[str, Any]] | LabelError | None = None
         if ctx.is_main:
             try:
-                outcome = fit_on_rank0(args, gathered, selection, extractor.dim)
+                outcome = fit_on_rank0(clusters, kmeans, gathered, selection, extractor.dim)
             except LabelError as err:
                 outcome = err
         del gathered
@@ -574,21 +491,22 @@ def run(
         np.save(out_dir / CENTROIDS_FILE, centroids)
 
     assigner = Assigner(centroids, gpu_device=ctx.local_rank)
-    label_dtype = np.dtype(np.int16 if args.clusters <= np.iinfo(np.int16).max else np.int32)
+    label_dtype = np.dtype(np.int16 if clusters <= np.iinfo(np.int16).max else np.int32)
     mine = label_shards(index, shards, extractor, assigner, out_dir, label_dtype, show)
     reports = ctx.gather(mine)
+    summary = None
     if ctx.is_main:
-        merged = merge_reports(reports, args.clusters)
+        merged = merge_reports(reports, clusters)
         quality = quality_report(merged.counts)
         meta = {
             "format": LABELS_FORMAT,
             "label_rate": label_rate,
-            "num_classes": args.clusters,
+            "num_classes": clusters,
             "label_dtype": label_dtype.name,
             "features": extractor.description(),
             "kmeans": kmeans_info,
             "source": {
-                "shards": str(args.shards.resolve()),
+                "shards": str(shards_dir.resolve()),
                 "num_shards": len(index.shards),
                 "num_utterances": index.num_utterances,
             },
@@ -625,8 +543,11 @@ def run(
                 "no phone alignments in the shards: phone purity / cluster purity / PNMI not computed",
                 flush=True,
             )
-    ctx.barrier()
-    return 0
+        summary = LabelSummary(
+            out_dir, clusters, label_rate, merged.utterances, merged.frames, len(merged.unreadable), quality
+        )
+    summary = ctx.broadcast(summary)
+    return summary
 
 
 def print_problems(title: str, problems: list[ReadError]) -> None:
@@ -641,41 +562,68 @@ def print_problems(title: str, problems: list[ReadError]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def label_corpus(
+    shards: str | Path,
+    out: str | Path,
+    features: FeatureOptions | None = None,
+    clusters: int | None = None,
+    centroids: str | Path | None = None,
+    kmeans: KMeansOptions = KMeansOptions(),
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    dist_timeout_minutes: float = 240.0,
+) -> LabelSummary:
+    """Label every utterance of the shard folder ``shards`` into the labels folder ``out``.
+
+    Args:
+        shards: shard folder (``index.json`` + tars) written by ``python -m hubert_lit shard``.
+        out: labels folder to write (``meta.json``, ``centroids.npy``, ``<shard>.labels.npz``).
+        features: the features to cluster; may be left out with ``centroids`` (then recorded in that folder).
+        clusters: k; may be left out with ``centroids``.
+        centroids: labels folder of an earlier run whose centroids label these shards without a fit (dev/test
+            with the train centroids); its feature settings must match.
+        kmeans: the fit's settings (ignored with ``centroids``).
+        device: torch device for HuBERT features (default: cuda if available; under torchrun cuda:LOCAL_RANK).
+        overwrite: replace the labels of an existing labels folder.
+        progress: progress bars on rank 0.
+        dist_timeout_minutes: how long processes wait for each other (rank 0 fits while the others wait).
+
+    Under torchrun (``WORLD_SIZE > 1``) the shards are split across processes; the output is the same.
+    Raises :class:`LabelError` for bad input, naming the option or file.
+    """
+    shards_dir, out_dir = Path(shards), Path(out)
+    source_dir = Path(centroids) if centroids is not None else None
     try:
-        source = load_centroids(args.centroids) if args.centroids is not None else None
-        check_args(args, source[1] if source else None)
-        if existing_label_files(args.out) and not args.overwrite:
+        source = load_centroids(source_dir) if source_dir is not None else None
+        features, clusters = resolve_options(
+            features, clusters, kmeans, source[1] if source else None, source_dir
+        )
+        if source_dir is not None and source_dir.resolve() == out_dir.resolve():
+            raise LabelError("--centroids and --out are the same folder")
+        if existing_label_files(out_dir) and not overwrite:
             raise LabelError(
-                f"{args.out} already holds labels (meta.json / *.labels.npz / centroids.npy); "
+                f"{out_dir} already holds labels (meta.json / *.labels.npz / centroids.npy); "
                 "pass --overwrite to replace them"
             )
-        index = load_index(args.shards)
+        index = load_index(shards_dir)
         if not index.shards:
-            raise LabelError(f"{args.shards}: index.json lists no shards")
-        device = resolve_device(args.device, args.features)
-    except (LabelError, ShardFormatError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            raise LabelError(f"{shards_dir}: index.json lists no shards")
+        torch_device = resolve_device(device, features.kind)
+    except ShardFormatError as err:
+        raise LabelError(str(err)) from err
     try:
-        ctx = DistContext.from_env(use_cuda=device.type == "cuda", timeout_minutes=args.dist_timeout_minutes)
+        ctx = DistContext.from_env(use_cuda=torch_device.type == "cuda", timeout_minutes=dist_timeout_minutes)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise LabelError(str(err)) from err
     try:
-        if device.type == "cuda" and ctx.initialized and args.device is None:
-            device = torch.device("cuda", ctx.local_rank)
-        extractor = build_extractor(args, device)
+        if torch_device.type == "cuda" and ctx.initialized and device is None:
+            torch_device = torch.device("cuda", ctx.local_rank)
+        extractor = build_extractor(features, torch_device)
         if source is not None:
-            check_same_features(extractor, source[1], args.centroids)
-        return run(args, ctx, extractor, index, source)
-    except LabelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            check_same_features(extractor, source[1], source_dir)
+        return _run(
+            shards_dir, out_dir, clusters, kmeans, ctx, extractor, index, source, source_dir, progress
+        )
     finally:
         ctx.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
