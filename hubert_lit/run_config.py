@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from hubert_lit.models import HubertConfig
+from hubert_lit.models.config import make_config
 from hubert_lit.quant.spec import DEFAULT_FULL_PRECISION, QuantSpec
 
 PRETRAIN_CLASS = "HubertPretrainModule"
@@ -143,35 +144,37 @@ def _class_name(class_path: Any, path: Path) -> str:
     return name
 
 
-def _pretrain_config(args: Mapping[str, Any], path: Path) -> HubertConfig:
-    from hubert_lit.models.config import PRESETS
+def pretrain_model_config(
+    preset: str | None,
+    num_classes: int,
+    overrides: Mapping[str, Any] | None = None,
+    model_config: Mapping[str, Any] | None = None,
+) -> HubertConfig:
+    """The HubertConfig :class:`~hubert_lit.lit.pretrain.HubertPretrainModule` builds from its arguments:
+    ``model_config`` when given (a full ``HubertConfig.to_dict()``), else the preset; ``overrides`` apply to
+    either, and ``num_classes`` always wins."""
+    if model_config is not None:
+        return HubertConfig.from_dict(dict(model_config)).replace(
+            **{**(overrides or {}), "num_classes": num_classes}
+        )
+    return make_config(preset, num_classes, **(overrides or {}))
 
+
+def _pretrain_config(args: Mapping[str, Any], path: Path) -> HubertConfig:
     if args.get("model_config") is None and args.get("preset") is None:
         raise RunConfigError(
             f"{path}: describes no model (no model.preset or model.model_config; a '_*.yaml' file is a fragment "
             "that other configs extend)"
         )
     try:
-        if args.get("model_config") is not None:
-            config = HubertConfig.from_dict(args["model_config"])
-            return config.replace(
-                **(args.get("overrides") or {}), num_classes=int(args.get("num_classes") or 0)
-            )
-        preset = args["preset"]
-        if preset not in PRESETS:
-            raise ValueError(f"unknown model preset {preset!r}; available: {sorted(PRESETS)}")
-        classes = int(args.get("num_classes") or 0)
-        return build_hubert_config(preset, classes, args.get("overrides"))
+        return pretrain_model_config(
+            args.get("preset"),
+            int(args.get("num_classes") or 0),
+            args.get("overrides"),
+            args.get("model_config"),
+        )
     except (TypeError, ValueError) as err:
         raise RunConfigError(f"{path}: {err}") from err
-
-
-def build_hubert_config(preset: str, num_classes: int, overrides: Mapping[str, Any] | None) -> HubertConfig:
-    """The config ``build_hubert(preset, num_classes, **overrides)`` builds (without building the model)."""
-    from hubert_lit.models.config import preset as preset_config
-
-    config = preset_config(preset).replace(num_classes=num_classes)
-    return config.replace(**overrides) if overrides else config
 
 
 def student_spec(init_args: Mapping[str, Any], path: Path) -> QuantSpec:

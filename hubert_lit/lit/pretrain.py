@@ -28,18 +28,8 @@ from hubert_lit.lit.losses import (
     prediction_terms,
     reduce_sums,
 )
-from hubert_lit.models import HubertConfig, HubertModel, build_hubert
-
-
-def build_model_config(
-    preset: str, num_classes: int, overrides: dict[str, Any] | None, model_config: dict[str, Any] | None
-) -> HubertConfig:
-    """The HubertConfig a module builds: ``model_config`` when given (a full ``HubertConfig.to_dict()``), else
-    the preset with ``overrides``; ``num_classes`` always wins."""
-    if model_config is not None:
-        config = HubertConfig.from_dict(model_config)
-        return config.replace(**{**(overrides or {}), "num_classes": num_classes})
-    return build_hubert(preset, num_classes=num_classes, **(overrides or {})).config
+from hubert_lit.models import HubertModel
+from hubert_lit.run_config import pretrain_model_config
 
 
 class HubertPretrainModule(HubertLightningModule):
@@ -86,7 +76,7 @@ class HubertPretrainModule(HubertLightningModule):
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.save_hyperparameters()
-        self.model = HubertModel(build_model_config(preset, num_classes, overrides, model_config))
+        self.model = HubertModel(pretrain_model_config(preset, num_classes, overrides, model_config))
         self._eval_sums = RunningSums(PREDICTION_SUMS)
 
     @classmethod

@@ -228,6 +228,15 @@ def preset(name: str) -> HubertConfig:
     return HubertConfig.from_dict(PRESETS[name].to_dict())
 
 
+def make_config(name: str | HubertConfig, num_classes: int | None = None, **overrides: Any) -> HubertConfig:
+    """The config :func:`~hubert_lit.models.build_hubert` builds: a preset (or a copy of ``name``), with
+    ``num_classes`` and the ``overrides`` of :meth:`HubertConfig.replace` applied."""
+    config = preset(name) if isinstance(name, str) else HubertConfig.from_dict(name.to_dict())
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    return config.replace(**overrides) if overrides else config
+
+
 def write_preset_yamls(folder: str | Path) -> list[Path]:
     """Write every preset to ``<folder>/<name>.yaml`` (how ``configs/model/`` is generated)."""
     folder = Path(folder)

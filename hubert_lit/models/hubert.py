@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hubert_lit.constants import FRAME_WINDOW, LABEL_PAD
-from hubert_lit.models.config import HubertConfig, preset
+from hubert_lit.models.config import HubertConfig, make_config
 from hubert_lit.models.encoders import build_encoder
 from hubert_lit.models.frontend import (
     ConvFeatureExtractor,
@@ -269,9 +269,4 @@ def build_hubert(name: str | HubertConfig, num_classes: int | None = None, **ove
     ``overrides`` set any :class:`HubertConfig` field; encoder fields go in ``encoder={...}`` (merged into the
     preset's encoder) or dotted keys, e.g. ``build_hubert("vanilla", 500, **{"encoder.num_layers": 6})``.
     """
-    config = preset(name) if isinstance(name, str) else HubertConfig.from_dict(name.to_dict())
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    if overrides:
-        config = config.replace(**overrides)
-    return HubertModel(config)
+    return HubertModel(make_config(name, num_classes, **overrides))

@@ -15,7 +15,8 @@ test rebuilds exactly the same shards and the saved loader state fits them). Wri
 * ``distill_conformer_s_tiny_w1a1.ckpt``: Lightning checkpoint of a BiT W1A1 student of it, step 4 of 6;
 * ``distill_conformer_s_tiny_w1a1.packed.pt``: its packed export (final step);
 * ``reference_features.pt``: ``extract_features`` of every model above (eval mode, ``torch.manual_seed(0)``
-  waveforms of 1.0 s and 0.6 s, padded), as computed by the old code.
+  waveforms of 1.0 s and 0.6 s, padded), as computed by the old code, and the model weights both runs ended with
+  at step 6 (``final_weights``), which a resume from the step-4 checkpoints must reach.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def fit(run_root: Path, name: str, data: tuple[Path, Path], *extra: str) -> Path
             "--data.num_workers=0",
             "--trainer.max_steps=6",
             "--trainer.num_sanity_val_steps=0",
-            "--checkpoint.every_n_train_steps=4",
+            "--checkpoint.every_n_train_steps=2",
             f"--run.root={run_root}",
             f"--run.name={name}",
             "--run.loggers=[csv]",
@@ -106,7 +107,24 @@ def main(out: Path) -> None:
         with torch.no_grad():
             states, frames = model.extract_features(waves, lengths)
         reference[name] = {"states": torch.stack(states), "frame_lengths": frames}
-    torch.save({"waveforms": waves, "lengths": lengths, "features": reference}, out / "reference_features.pt")
+    final = {
+        name: {
+            k: v
+            for k, v in torch.load(ckpt / "last.ckpt", weights_only=True)["state_dict"].items()
+            if k.startswith("model.")
+        }
+        for name, ckpt in (
+            ("pretrain_vanilla_tiny.ckpt", vanilla),
+            ("distill_conformer_s_tiny_w1a1.ckpt", distill),
+        )
+    }
+    assert all(
+        torch.load(ckpt / "last.ckpt", weights_only=True)["global_step"] == 6 for ckpt in (vanilla, distill)
+    )
+    torch.save(
+        {"waveforms": waves, "lengths": lengths, "features": reference, "final_weights": final},
+        out / "reference_features.pt",
+    )
     shutil.rmtree(work)
     for path in sorted(out.iterdir()):
         print(f"{path.stat().st_size:>9,}  {path}")
