@@ -6,7 +6,7 @@ HuBERT paper measures on dev with clusters fitted on train), and reads phone pur
 the labels' meta.json. Existing labels folders can be added with --labels. Writes a markdown table and a bar plot:
 
     python experiments/label_quality.py --shards data/demo/shards/train --eval-shards data/demo/shards/dev \\
-        --mfcc-clusters 50 100 --checkpoint runs/it1/model.pt --layers 6 9 --hubert-clusters 100 \\
+        --mfcc-clusters 50 100 --checkpoint runs/it1/model.pt --layers all --hubert-clusters 100 \\
         --work runs/label_quality --out experiments/results/label_quality
 """
 
@@ -106,6 +106,37 @@ def bar_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def layers_of(checkpoint: Path, requested: list[str]) -> list[int]:
+    """The layers ``--layers`` names for ``checkpoint`` ('all', 'middle' or numbers)."""
+    from hubert_lit.checkpoint import read_model_config
+    from hubert_lit.labels.features import default_layer
+
+    depth = read_model_config(checkpoint)[0].encoder.num_layers
+    layers: list[int] = []
+    for item in requested:
+        if item == "all":
+            layers += range(depth + 1)
+        elif item == "middle":
+            layers.append(default_layer(depth))
+        else:
+            layers.append(int(item))
+    return sorted(set(layers))
+
+
+def best_layers(rows: list[dict], split: str) -> dict[str, tuple[int, float]]:
+    """Per checkpoint and k, the layer with the highest PNMI on ``split``."""
+    best: dict[str, tuple[int, float]] = {}
+    for row in rows:
+        name = row["labels"]
+        if row["split"] != split or not name.startswith("HuBERT L"):
+            continue
+        layer_text, rest = name[len("HuBERT L") :].split(" ", 1)
+        key = rest
+        if key not in best or row["pnmi"] > best[key][1]:
+            best[key] = (int(layer_text), row["pnmi"])
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", type=Path, help="shard folder the k-means is fitted on (e.g. train)")
@@ -114,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mfcc-clusters", type=int, nargs="*", default=[100], help="k values for MFCC labels")
     p.add_argument("--checkpoint", type=Path, action="append", default=[],
                    help="model file (save_model) for HuBERT-layer labels; repeat for several")  # fmt: skip
-    p.add_argument("--layers", type=int, nargs="*", default=[6], help="layers for HuBERT-layer labels")
+    p.add_argument("--layers", nargs="*", default=["middle"],
+                   help="layers for HuBERT-layer labels: numbers, 'middle' (half the encoder's depth, the label "
+                   "tool's default) or 'all' (0 .. num_layers, to choose the iteration-2 layer by PNMI)")  # fmt: skip
     p.add_argument("--hubert-clusters", type=int, nargs="*", default=[500], help="k values for HuBERT labels")
     p.add_argument(
         "--labels", type=Path, nargs="*", default=[], help="existing labels folders to add to the table"
@@ -136,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in args.mfcc_clusters:
             configs.append((f"mfcc-k{k}", ["--features", "mfcc"], ["--clusters", str(k), *common]))
         for ckpt in args.checkpoint:
-            for layer in args.layers:
+            for layer in layers_of(ckpt, args.layers):
                 for k in args.hubert_clusters:
                     feats = ["--features", "hubert", "--checkpoint", str(ckpt), "--layer", str(layer)]
                     configs.append((f"{ckpt.stem}-L{layer}-k{k}", feats, ["--clusters", str(k), *common]))
@@ -165,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     bar_plot(rows, args.out.with_suffix(".png"))
     print(text)
+    split = (
+        args.eval_shards.name if args.eval_shards is not None else (args.shards.name if args.shards else "")
+    )
+    for model, (layer, pnmi) in sorted(best_layers(rows, split).items()):
+        print(f"highest {split} PNMI for {model}: layer {layer} ({pnmi:.3f})")
     print(f"wrote {args.out.with_suffix('.md')}, .json and .png")
     return 0
 

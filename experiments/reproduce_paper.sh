@@ -36,9 +36,10 @@ for enc in ${ENCODERS}; do
   fi
   if want labels2; then
     ckpt=runs/${enc}_it1/checkpoints/last.ckpt
-    out=${LB}/${enc}_it1-l6-k500
+    layer=$(${PY} -c "from hubert_lit.models.config import preset; print(preset('${enc}').encoder.num_layers // 2)")
+    out=${LB}/${enc}_it1-l${layer}-k500   # the folder the ${enc}_it2 config reads
     [[ -f ${out}/train-960/meta.json ]] || run ${PY} -m hubert_lit label --shards ${SH}/train-960 --features hubert \
-      --checkpoint ${ckpt} --layer 6 --clusters 500 --fit-fraction 0.1 --out ${out}/train-960
+      --checkpoint ${ckpt} --layer ${layer} --clusters 500 --fit-fraction 0.1 --out ${out}/train-960
     [[ -f ${out}/dev/meta.json ]] || run ${PY} -m hubert_lit label --shards ${SH}/dev --features hubert \
       --checkpoint ${ckpt} --centroids ${out}/train-960 --out ${out}/dev
   fi

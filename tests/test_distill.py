@@ -228,3 +228,35 @@ def test_distill_configs_parse(config, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "hubert_lit.lit.distill.BiTDistillModule" in out
+
+
+@pytest.mark.parametrize("hidden_pass", ["unmasked", "masked"])
+def test_hidden_states_are_matched_on_the_chosen_pass(teacher_file, tmp_path, hidden_pass):
+    """Default: the hidden-state loss and the scales' first-batch calibration see the unmasked input."""
+    torch.manual_seed(0)
+    teacher = build_hubert(
+        "conformer_s_tiny",
+        num_classes=NUM_CLASSES,
+        dropout_input=0.0,
+        encoder={"layerdrop": 0.0, "dropout": 0.0, "attention_dropout": 0.0},
+    )
+    path = tmp_path / "teacher_nodropout.pt"
+    save_model(teacher, path)
+    module = BiTDistillModule(teacher=str(path), hidden_pass=hidden_pass).train()
+    encoder_inputs = []
+    module.model.encoder.register_forward_pre_hook(lambda mod, args: encoder_inputs.append(args[0].detach()))
+    batch = make_batches(1, seed=5)[0]
+    step = module._forward_pair(batch)
+    unmasked, _, _ = module.model._encoder_input(batch["waveforms"], batch["lengths"], None)
+    first_input_unmasked = torch.equal(encoder_inputs[0], unmasked)
+    assert first_input_unmasked == (hidden_pass == "unmasked")  # what the scales were initialised on
+    assert len(encoder_inputs) == (2 if hidden_pass == "unmasked" else 1)
+    if hidden_pass == "unmasked":
+        module.eval()  # the scales are set now; compare with extract_features of both models on the same input
+        step = module._forward_pair(batch)
+        with torch.no_grad():
+            s_states, frames = module.model.extract_features(batch["waveforms"], batch["lengths"])
+            t_states, _ = module.teacher.extract_features(batch["waveforms"], batch["lengths"])
+        valid = torch.arange(s_states[0].shape[1])[None] < frames[:, None]
+        torch.testing.assert_close(step.hidden_mse, hidden_state_mse(s_states, t_states, valid))
+    assert step.student.mask.any()  # the logit loss still comes from a span-masked pass

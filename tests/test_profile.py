@@ -112,10 +112,18 @@ def test_attention_flop_by_hand(relative):
     assert count.total_macs(kind="attention") == matmuls
     assert count.counter_flops == 2 * (projections + matmuls)
 
-    binarize(attention, QuantSpec())
+    binarize(attention, QuantSpec(binarize_relative_positions=True))  # 0.1.0's rule: everything binary
     count = _count(attention, *inputs)
     assert all(r.bits == (1, 1) for r in count.records)
     assert count.total_macs(quantized=True) == projections + matmuls
+
+    # default: the relative-position projection and its score matmul stay full precision
+    attention = _Holder(MultiHeadAttention(dim, heads, relative_positions=relative)).eval()
+    binarize(attention, QuantSpec())
+    count = _count(attention, *inputs)
+    positional = relative * ((2 * length - 1) * dim * dim + length * (2 * length - 1) * dim)
+    assert count.total_macs(quantized=True) == projections + matmuls - positional
+    assert count.total_macs(quantized=False) == positional
 
 
 def test_sparse_attention_allowed_fraction_by_hand():
@@ -152,8 +160,8 @@ def tiny_profiles():
     out = {}
     for name in TINY:
         torch.manual_seed(0)
-        fp = build_hubert(name, num_classes=0)
-        bq = binarize(build_hubert(name, num_classes=0), QuantSpec())
+        fp = build_hubert(name, num_classes=0).eval()  # eval: no LayerDrop when the tests count MACs again
+        bq = binarize(build_hubert(name, num_classes=0), QuantSpec()).eval()
         out[name] = (profile_model(fp, 0.5, latency_runs=0), profile_model(bq, 0.5, latency_runs=1), fp, bq)
     return out
 

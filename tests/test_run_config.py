@@ -36,12 +36,13 @@ FULL_SIZE_PARAMS = {
     "sparseformer_sw_s": 29_582_976 - 157_440,
 }
 # Binarized Linear/Conv1d layers of the W1A1/W1A2 student per encoder (default QuantSpec): per block, q/k/v/out +
-# 2 FFN Linears (Transformer family); + linear_pos, 2 FFNs more and the conv module's 2 pointwise + 1 depthwise
-# conv (Conformer/Squeezeformer: 12); Squeezeformer adds its time reduction (2 convs) and recovery (1 Linear).
+# 2 FFN Linears (Transformer family); 2 FFNs more and the conv module's 2 pointwise + 1 depthwise conv
+# (Conformer/Squeezeformer: 11; the relative-position projection stays full precision, as positional modules do in
+# every family); Squeezeformer adds its time reduction (2 convs) and recovery (1 Linear).
 QUANTIZED_LAYERS = {
     "vanilla": 12 * 6,
-    "conformer_s": 16 * 12,
-    "squeezeformer_xs": 16 * 12 + 3,
+    "conformer_s": 16 * 11,
+    "squeezeformer_xs": 16 * 11 + 3,
     "sparseformer_dn_s": 16 * 6,
     "sparseformer_sw_s": 8 * 6,
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.labels.features import DEFAULT_CONTEXT_SAMPLES, DEFAULT_MAX_CHUNK_SAMPLES
-from hubert_lit.labels.pipeline import DEFAULT_LAYER, FeatureOptions, KMeansOptions, LabelError, label_corpus
+from hubert_lit.labels.pipeline import FeatureOptions, KMeansOptions, LabelError, label_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer",
         type=int,
         default=None,
-        help=f"transformer layer whose output is clustered (0 = encoder input); default {DEFAULT_LAYER}, or the "
+        help="transformer layer whose output is clustered (0 = encoder input); default: half the encoder's depth "
+        "(6 of HuBERT Base's 12 layers, 8 of 16, 4 of 8), or the "
         "layer recorded with --centroids",
     )
     p.add_argument(

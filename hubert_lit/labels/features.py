@@ -122,15 +122,22 @@ def extract_chunked(
     return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
+def default_layer(num_layers: int) -> int:
+    """The layer iteration-2 labels come from by default: half the encoder's depth (HuBERT's recipe takes layer 6
+    of 12), the same relative depth for every encoder family."""
+    return num_layers // 2
+
+
 class HubertLayerFeatures:
-    """Output of transformer layer ``layer`` (0 = the encoder input) of a suite model (``hubert_lit.load_model``)."""
+    """Output of transformer layer ``layer`` (0 = the encoder input; None = :func:`default_layer`) of a suite model
+    (``hubert_lit.load_model``)."""
 
     label_rate = FRAME_RATE
 
     def __init__(
         self,
         checkpoint: str | Path,
-        layer: int,
+        layer: int | None,
         device: str | torch.device = "cpu",
         max_chunk_samples: int = DEFAULT_MAX_CHUNK_SAMPLES,
         context_samples: int = DEFAULT_CONTEXT_SAMPLES,
@@ -149,6 +156,8 @@ class HubertLayerFeatures:
         self.context_samples = context_samples
         probe = self._layers(np.zeros(FRAME_WINDOW, dtype=np.float32), layer=None)
         self.num_layers = len(probe) - 1
+        if layer is None:
+            layer = default_layer(self.num_layers)
         if not 0 <= layer <= self.num_layers:
             raise ValueError(f"--layer must be in 0..{self.num_layers} for {self.checkpoint}, got {layer}")
         self.layer = layer

@@ -16,7 +16,6 @@ same files as a single-process run. The command line is :mod:`hubert_lit.labels.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import sys
 import time
@@ -56,7 +55,6 @@ from hubert_lit.labels.kmeans import Assigner, faiss_num_gpus, fit_kmeans
 from hubert_lit.labels.quality import PhoneClusterCounts, format_quality, frame_phone_ids, quality_report
 
 LABELS_FORMAT = "hubert-lit-labels/1"
-DEFAULT_LAYER = 6
 CENTROIDS_FILE = "centroids.npy"
 # Features of the same kind agree on these keys; centroids fitted on one cannot label the other.
 FEATURE_IDENTITY_KEYS = ("type", "dim", "frame_rate", "layer", "checkpoint_sha256")
@@ -229,7 +227,8 @@ def merge_reports(reports: Iterable[RankReport], num_classes: int) -> RankReport
 @dataclass(frozen=True)
 class FeatureOptions:
     """Which features are clustered: ``kind`` "mfcc" (39-dim MFCC + deltas at 100 Hz, iteration 1) or "hubert" (the
-    output of encoder ``layer`` of the model in ``checkpoint``, 50 Hz; 0 = the encoder input). Long utterances go
+    output of encoder ``layer`` of the model in ``checkpoint``, 50 Hz; 0 = the encoder input; None = the layer at
+    half the encoder's depth, :func:`~hubert_lit.labels.features.default_layer`). Long utterances go
     through the model in chunks of ``max_chunk_seconds`` with ``context_seconds`` of extra audio on each side."""
 
     kind: str
@@ -318,8 +317,6 @@ def resolve_options(
     if features.kind == "hubert":
         if features.checkpoint is None:
             raise LabelError("--features hubert needs --checkpoint")
-        if features.layer is None:
-            features = dataclasses.replace(features, layer=DEFAULT_LAYER)
     elif features.checkpoint is not None or features.layer is not None:
         raise LabelError("--checkpoint and --layer only apply to --features hubert")
     if not 0.0 < kmeans.fit_fraction <= 1.0:

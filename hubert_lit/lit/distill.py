@@ -2,13 +2,19 @@
 
 The student is a copy of the teacher (loaded with :func:`hubert_lit.load_model` from ``teacher``), quantized with
 :func:`hubert_lit.quant.binarize` (or re-quantized when the teacher is itself quantized, e.g. W1A2 -> W1A1 in
-BiT's multi-distillation chain FP -> W1A2 -> W1A1). Teacher and student see the same batch and the same span
-mask. Loss (BiT's ``kd_learner``, joint, one stage)::
+BiT's multi-distillation chain FP -> W1A2 -> W1A1). Teacher and student see the same batch. Loss (BiT's
+``kd_learner``, joint, one stage)::
 
     L = hidden_weight * sum_l MSE(h_s^l, h_t^l)              over every hidden state (encoder input + each block),
-                                                                 valid frames only
-      + logit_weight  * mean_frames KL(softmax(z_t / T) || softmax(z_s / T))   on the masked frames' logits
+                                                                 valid frames, of the unmasked input
+      + logit_weight  * mean_frames KL(softmax(z_t / T) || softmax(z_s / T))   on the masked frames' logits of a
+                                                                 span-masked pass with the same mask for both
       + hard_label_weight * CE(z_s, pseudo-labels)              optional; needs labels in the batch
+
+The hidden states are matched on the unmasked input by default (``hidden_pass="unmasked"``): that is what
+downstream feature extraction feeds the model, and the activation scales, set by the first training batch, are
+calibrated on it. It costs a second forward pass of both models; ``hidden_pass="masked"`` (0.1.0) matches the
+hidden states of the masked pass instead.
 
 The KL term is BiT's soft cross-entropy minus the teacher's entropy (same gradient, 0 at a perfect match). BiT
 averages it over the classes too (a 1/k factor); here it is summed over the classes (the usual KD form). BiT's
@@ -37,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hubert_lit.checkpoint import TEACHER_PREFIX, load_model
+from hubert_lit.checkpoint import QUANT_SPEC_KEY, TEACHER_PREFIX, load_model
 from hubert_lit.lit.base import HubertLightningModule
 from hubert_lit.lit.losses import (
     PredictionTerms,
@@ -57,6 +63,9 @@ from hubert_lit.quant.spec import DEFAULT_FULL_PRECISION, QuantSpec
 log = logging.getLogger(__name__)
 
 _LAYER_RE = re.compile(r"layers\.(\d+)\.")
+HIDDEN_PASSES = ("unmasked", "masked")
+# What a run whose checkpoint lacks one of these arguments (written by hubert-lit 0.1.0) was trained with.
+LEGACY_HPARAMS = {"hidden_pass": "masked"}
 _VAL_SUMS = (
     "loss",
     "hidden_mse",
@@ -100,6 +109,15 @@ class BiTDistillModule(HubertLightningModule):
         quantize_attention: quantize queries/keys/values/probabilities (both attention matmuls binary).
         ffn_relu: GELU/Swish -> ReLU in the feed-forward and an unsigned input set for its second Linear (BiT).
         binarize_depthwise: quantize depthwise convolutions too.
+        pointwise_conv_scale: ``"tensor"`` (pointwise convs quantized exactly as Linears) or ``"channel"``.
+        binarize_relative_positions: quantize Conformer/Squeezeformer's relative-position projection (default:
+            positional modules stay full precision in every family).
+        dropout_before_prob_binarizer: attention dropout before the probability binarizer (BiT's order).
+        unsigned_min_offset: BiT's minimum offset at multi-bit unsigned sites.
+        hidden_pass: where the hidden-state loss (and so the first-batch calibration of the activation scales) is
+            computed: ``"unmasked"`` (default; the input downstream feature extraction sees, at the cost of a
+            second forward pass of teacher and student) or ``"masked"`` (the span-masked pass the logit loss uses;
+            hubert-lit 0.1.0).
         num_classes: label clusters; optional, must match the teacher's (the CLI fills it in from the labels).
         temperature: soft cross-entropy temperature T.
         hidden_weight: weight of the summed hidden-state MSE.
@@ -126,6 +144,11 @@ class BiTDistillModule(HubertLightningModule):
         quantize_attention: bool = True,
         ffn_relu: bool = True,
         binarize_depthwise: bool = True,
+        pointwise_conv_scale: str = "tensor",
+        binarize_relative_positions: bool = False,
+        dropout_before_prob_binarizer: bool = True,
+        unsigned_min_offset: bool = True,
+        hidden_pass: str = "unmasked",
         num_classes: int | None = None,
         temperature: float = 1.0,
         hidden_weight: float = 1.0,
@@ -153,6 +176,8 @@ class BiTDistillModule(HubertLightningModule):
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        if hidden_pass not in HIDDEN_PASSES:
+            raise ValueError(f"model.hidden_pass must be one of {HIDDEN_PASSES}, got {hidden_pass!r}")
         spec = QuantSpec(
             weight_bits=weight_bits,
             activation_bits=activation_bits,
@@ -160,6 +185,10 @@ class BiTDistillModule(HubertLightningModule):
             quantize_attention=quantize_attention,
             ffn_relu=ffn_relu,
             binarize_depthwise=binarize_depthwise,
+            pointwise_conv_scale=pointwise_conv_scale,
+            binarize_relative_positions=binarize_relative_positions,
+            dropout_before_prob_binarizer=dropout_before_prob_binarizer,
+            unsigned_min_offset=unsigned_min_offset,
         )
         self.save_hyperparameters()
         teacher_model = load_model(teacher)
@@ -185,9 +214,7 @@ class BiTDistillModule(HubertLightningModule):
         self.teacher = teacher_model.eval().requires_grad_(False)
         self._pos_counts: dict[str, list[Tensor]] = {}
         self._val_sums = RunningSums(_VAL_SUMS)
-        for name, quant in activation_quantizers(self.model):
-            kind = "pos_frac" if quant.signed else "on_frac"
-            quant.register_forward_hook(self._count_upper_level(f"{kind}/{layer_of(name)}"))
+        self._watch_quantizers()
         log.info(
             "student %s from teacher %s (%s)",
             spec.name,
@@ -206,6 +233,12 @@ class BiTDistillModule(HubertLightningModule):
         self.teacher.eval()
         return self
 
+    def _watch_quantizers(self) -> None:
+        """Count, per block, how often each activation quantizer outputs its upper level (``quant/*`` metrics)."""
+        for name, quant in activation_quantizers(self.model):
+            kind = "pos_frac" if quant.signed else "on_frac"
+            quant.register_forward_hook(self._count_upper_level(f"{kind}/{layer_of(name)}"))
+
     def _count_upper_level(self, key: str):
         """A forward hook adding (#outputs at the upper level, #outputs) of a quantizer to ``_pos_counts[key]``."""
 
@@ -222,22 +255,30 @@ class BiTDistillModule(HubertLightningModule):
         return hook
 
     def _forward_pair(self, batch: dict[str, Any]) -> DistillStep:
-        """Teacher and student on the same batch and span mask."""
+        """Teacher and student on the same batch: the hidden-state loss on the unmasked (or masked) pass, the
+        logit loss on the masked frames of a span-masked pass both models share."""
         waves, lengths = batch["waveforms"], batch["lengths"].to(batch["waveforms"].device)
         labels = batch.get("labels")
+        hp = self.hparams
         frame_lengths = self.model.frame_lengths(lengths)
         num_frames = self.model.num_frames(waves.shape[1])
+        valid = ~lengths_to_padding_mask(frame_lengths, num_frames)
+        hidden = None
+        if hp.hidden_pass == "unmasked":  # first, so the activation scales calibrate on unmasked input
+            with torch.no_grad():
+                t_states, _ = self.teacher.extract_features(waves, lengths)
+            s_states, _ = self.model.extract_features(waves, lengths)
+            hidden = hidden_state_mse(s_states, t_states, valid)
         mask = self.model.compute_mask(frame_lengths, num_frames)
         with torch.no_grad():
             t_out = self.teacher(waves, lengths, labels=labels, mask=mask)
         s_out = self.model(waves, lengths, labels=labels, mask=mask)
-        valid = ~lengths_to_padding_mask(s_out.frame_lengths, num_frames)
-        hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, valid)
-        logit = soft_cross_entropy(s_out.logits_masked, t_out.logits_masked, self.hparams.temperature)
+        if hidden is None:
+            hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, valid)
+        logit = soft_cross_entropy(s_out.logits_masked, t_out.logits_masked, hp.temperature)
         s_terms = t_terms = None
         if labels is not None:
             s_terms, t_terms = prediction_terms(s_out), prediction_terms(t_out)
-        hp = self.hparams
         if hp.hard_label_weight > 0 and s_terms is None:
             raise ValueError("model.hard_label_weight > 0 needs labels in the batch (configure data labels)")
         hard_ce = None if s_terms is None else ratio(s_terms.masked_ce, s_terms.masked_frames)
@@ -330,7 +371,25 @@ class BiTDistillModule(HubertLightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before loading the state dict and before building the optimizer, so a run started
+        # under other quantization settings (e.g. 0.1.0's defaults) can be given its own student back.
         super().on_load_checkpoint(checkpoint)
+        stored = checkpoint.get(QUANT_SPEC_KEY)
+        if stored is not None:
+            spec = QuantSpec.from_dict(dict(stored))
+            if spec != self.model.quant_spec:
+                log.warning(
+                    "the checkpoint's student was quantized with %s; resuming with it, not with %s",
+                    spec,
+                    self.model.quant_spec,
+                )
+                requantize(self.model, spec)
+                self._watch_quantizers()
+        saved = checkpoint.get("hyper_parameters", {})
+        for key, legacy in LEGACY_HPARAMS.items():
+            if key not in saved and self.hparams[key] != legacy:
+                log.warning("the checkpoint's run predates model.%s: resuming with %r", key, legacy)
+                self.hparams[key] = legacy
         state = checkpoint["state_dict"]
         for key, value in self.teacher.state_dict().items():
             state.setdefault(TEACHER_PREFIX + key, value)

@@ -170,6 +170,9 @@ class MultiHeadAttention(nn.Module):
             nn.init.xavier_uniform_(self.pos_bias_u)
             nn.init.xavier_uniform_(self.pos_bias_v)
         # Replaced by quantizers/binarizers (BiT); anything but nn.Identity forces the explicit path.
+        # ``prob_hook`` sees the probabilities after attention dropout (what multiplies the values, as in BiT)
+        # unless ``dropout_before_prob_hook`` is False (hubert-lit 0.1.0's order).
+        self.dropout_before_prob_hook = True
         self.q_hook = nn.Identity()
         self.k_hook = nn.Identity()
         self.v_hook = nn.Identity()
@@ -256,6 +259,8 @@ class MultiHeadAttention(nn.Module):
         if bias is not None:
             scores = scores + bias
         probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-        probs = self.prob_hook(probs)
-        probs = F.dropout(probs, p=self.dropout, training=self.training)
+        if self.dropout_before_prob_hook:
+            probs = self.prob_hook(F.dropout(probs, p=self.dropout, training=self.training))
+        else:
+            probs = F.dropout(self.prob_hook(probs), p=self.dropout, training=self.training)
         return probs @ v

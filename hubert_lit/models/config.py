@@ -150,15 +150,10 @@ _SPARSE = dict(
     num_different_global_patterns=4,
 )
 # Conformer-S and Squeezeformer-XS share their shape: 16 blocks of width 144, 4 heads, FFN 576, kernel 31.
-_SMALL_CONV = dict(
-    num_layers=16,
-    dim=144,
-    num_heads=4,
-    ffn_dim=576,
-    activation_dropout=0.1,
-    layerdrop=0.0,
-    conv_kernel_size=31,
-)
+# Regularisation is HuBERT's for every encoder (EncoderConfig's defaults: dropout 0.1, attention dropout 0.1,
+# activation dropout 0, LayerDrop 0.05), as the paper follows HuBERT's recipe; 0.1.0 gave this family the ASR
+# recipes' activation dropout 0.1 and no LayerDrop (reachable with model.overrides, see docs/quantization.md).
+_SMALL_CONV = dict(num_layers=16, dim=144, num_heads=4, ffn_dim=576, conv_kernel_size=31)
 # Tiny variants: 2-3 blocks of width 32, a fastconv front end of width 32 (SEW c=4) and a 16-frame positional
 # conv, so a CPU training step takes milliseconds. Sparseformer-tiny uses 4-frame blocks so that short test
 # inputs are really sparse; Squeezeformer-tiny halves the frame rate for its middle block.

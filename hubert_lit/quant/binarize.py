@@ -1,22 +1,27 @@
 """``binarize(model, spec)``: turn a full-precision HuBERT model into its BiT-quantized student, in place.
 
-Sites (unless a ``QuantSpec.full_precision`` pattern keeps them):
+Sites under the default :class:`QuantSpec` (unless a ``full_precision`` pattern keeps them). One rule per kind of
+layer, whatever the encoder family (``docs/quantization.md``, "Fairness of the comparison"):
 
 ==========================================  =============  =============================================
 module                                      weights        input activation
 ==========================================  =============  =============================================
 ``nn.Linear`` (q/k/v/out, FFN, recovery)    1 scale/tensor signed ``{-a, a}``, shift per input feature
 FFN second Linear (with ``ffn_relu``)       1 scale/tensor unsigned ``{0, a}`` (its input follows a ReLU)
-pointwise / full ``nn.Conv1d``              1 scale/chan.  signed, shift per input channel
+pointwise ``nn.Conv1d`` (kernel 1)          1 scale/tensor signed, shift per input channel (a Linear)
 depthwise ``nn.Conv1d`` (conv module,       1 scale/chan.  signed, shift per channel; exact zeros (padded
 time reduction)                                            frames, zeroed by the caller) stay zero
 attention ``q_hook``/``k_hook``/``v_hook``  -              signed, shift per feature (both attention
-``pos_hook`` (relative positions)                          matmuls become binary x binary)
-attention ``prob_hook``                     -              unsigned ``{0, a}``, no shift
+                                                           matmuls become binary x binary)
+attention ``prob_hook``                     -              unsigned ``{0, a}``, no shift, after dropout
+positional modules (``pos_conv``,           full precision full precision
+``linear_pos`` + ``pos_hook``)
 ==========================================  =============  =============================================
 
-With ``ffn_relu`` the feed-forward's GELU/Swish becomes ReLU (BiT). The spec is stored on the model as
-``model.quant_spec`` so a file can carry it; :func:`apply_stored_spec` is the loader's side.
+With ``ffn_relu`` the feed-forward's GELU/Swish becomes ReLU (BiT). The spec's switches restore 0.1.0's choices
+as ablations (per-channel pointwise convs, binarized relative positions, dropout after the probability
+binarizer, no minimum offset). The spec is stored on the model as ``model.quant_spec`` so a file can carry it;
+:func:`apply_stored_spec` is the loader's side.
 """
 
 from __future__ import annotations
@@ -44,21 +49,39 @@ UNSIGNED_HOOKS = ("prob_hook",)
 
 @dataclass(frozen=True)
 class Site:
-    """One place ``binarize`` changes: a layer (``linear``/``conv``/``depthwise``), a hook or an activation."""
+    """One place ``binarize`` changes: a layer (``linear``/``conv``/``depthwise``), a hook or an activation.
+
+    ``per_channel``: the layer's weights get one scale and mean per output channel (else one per tensor).
+    """
 
     name: str
     kind: str  # "linear" | "conv" | "depthwise" | "hook" | "relu"
     signed: bool = True
+    per_channel: bool = False
 
 
 def _is_depthwise(conv: nn.Conv1d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels
 
 
+def _is_pointwise(conv: nn.Conv1d) -> bool:
+    return conv.kernel_size[0] == 1 and conv.groups == 1
+
+
+def _positional_modules(model: nn.Module) -> set[str]:
+    """Names of the relative-position projection and operand of every attention module with relative positions."""
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, MultiHeadAttention) and module.relative_positions:
+            names.update({f"{name}.linear_pos", f"{name}.pos_hook"})
+    return names
+
+
 def quantization_plan(model: nn.Module, spec: QuantSpec | None = None) -> list[Site]:
     """Every site :func:`binarize` would change in ``model`` under ``spec``, in module order."""
     spec = spec or QuantSpec()
     unsigned_inputs: set[str] = set()
+    positional = set() if spec.binarize_relative_positions else _positional_modules(model)
     sites: list[Site] = []
     for name, module in model.named_modules():
         if isinstance(module, FeedForward) and spec.ffn_relu and not spec.keeps_full_precision(name):
@@ -67,7 +90,7 @@ def quantization_plan(model: nn.Module, spec: QuantSpec | None = None) -> list[S
         if isinstance(module, FeedForward) and (spec.ffn_relu or isinstance(module.activation, nn.ReLU)):
             unsigned_inputs.add(f"{name}.output_dense")
     for name, module in model.named_modules():
-        if not name or spec.keeps_full_precision(name):
+        if not name or spec.keeps_full_precision(name) or name in positional:
             continue
         if isinstance(module, (BinaryLinear, BinaryConv1d, ActivationQuantizer)):
             raise ValueError(f"model is already quantized (found {type(module).__name__} at {name!r})")
@@ -81,17 +104,19 @@ def quantization_plan(model: nn.Module, spec: QuantSpec | None = None) -> list[S
         elif isinstance(module, nn.Conv1d):
             if _is_depthwise(module):
                 if spec.binarize_depthwise:
-                    sites.append(Site(name, "depthwise"))
+                    sites.append(Site(name, "depthwise", per_channel=True))
             else:
-                sites.append(Site(name, "conv"))
+                per_channel = not _is_pointwise(module) or spec.pointwise_conv_scale == "channel"
+                sites.append(Site(name, "conv", per_channel=per_channel))
         elif isinstance(module, MultiHeadAttention) and spec.quantize_attention:
             if spec.activation_bits == FULL_PRECISION_ACTIVATIONS:
                 continue
             for hook in SIGNED_HOOKS + UNSIGNED_HOOKS:
                 if hook == "pos_hook" and not module.relative_positions:
                     continue
-                if not spec.keeps_full_precision(f"{name}.{hook}"):
-                    sites.append(Site(f"{name}.{hook}", "hook", signed=hook in SIGNED_HOOKS))
+                hook_name = f"{name}.{hook}"
+                if not spec.keeps_full_precision(hook_name) and hook_name not in positional:
+                    sites.append(Site(hook_name, "hook", signed=hook in SIGNED_HOOKS))
     return sites
 
 
@@ -101,21 +126,28 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _new_module(site: Site, old: nn.Module, spec: QuantSpec, parent: nn.Module) -> nn.Module:
-    bits = spec.activation_bits
+    bits, offset = spec.activation_bits, spec.unsigned_min_offset
     if site.kind == "relu":
         return nn.ReLU()
     # new quantizers go where the layer's weight lives (binarizing a model already on the GPU)
     if site.kind == "linear":
-        quant = make_activation_quantizer(bits, site.signed, channels=old.in_features, channel_dim=-1)
+        quant = make_activation_quantizer(
+            bits, site.signed, channels=old.in_features, channel_dim=-1, min_offset=offset
+        )
         return BinaryLinear.from_float(old, spec.weight_bits, quant.to(old.weight.device))
     if site.kind in ("conv", "depthwise"):
         quant = make_activation_quantizer(
-            bits, site.signed, channels=old.in_channels, channel_dim=1, keep_zeros=site.kind == "depthwise"
+            bits,
+            site.signed,
+            channels=old.in_channels,
+            channel_dim=1,
+            keep_zeros=site.kind == "depthwise",
+            min_offset=offset,
         )
-        return BinaryConv1d.from_float(old, spec.weight_bits, quant.to(old.weight.device))
+        return BinaryConv1d.from_float(old, spec.weight_bits, quant.to(old.weight.device), site.per_channel)
     if site.kind == "hook":
         channels = parent.embed_dim if site.signed else None  # probabilities have no fixed channel axis
-        quant = ActivationQuantizer(bits, site.signed, channels=channels, channel_dim=-1)
+        quant = ActivationQuantizer(bits, site.signed, channels=channels, channel_dim=-1, min_offset=offset)
         return quant.to(next(parent.parameters()).device)
     raise ValueError(f"unknown site kind {site.kind!r}")
 
@@ -139,6 +171,9 @@ def binarize(model: nn.Module, spec: QuantSpec | None = None) -> nn.Module:
         if isinstance(old, nn.Module):
             new.train(old.training)
         setattr(parent, child, new)
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.dropout_before_prob_hook = spec.dropout_before_prob_binarizer
     model.quant_spec = spec
     return model
 
@@ -189,6 +224,9 @@ def dequantize(model: nn.Module) -> nn.Module:
             continue  # went away with its layer (``parent`` is already the plain replacement)
         plain.train(module.training)
         setattr(parent, child, plain)
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.dropout_before_prob_hook = True
     model.quant_spec = None
     return model
 

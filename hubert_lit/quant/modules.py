@@ -43,6 +43,8 @@ class ActivationQuantizer(nn.Module):
         keep_zeros: inputs that are exactly 0 stay 0 (before the shift). Used in front of depthwise convolutions,
             whose callers zero the padded frames: binarizing those zeros to ``+-alpha`` would let padding leak
             into valid frames, while a 0 behaves like the convolution's own zero padding.
+        min_offset: (unsigned, more than one bit) subtract the tensor's minimum before quantizing and add it back
+            after, as BiT's multi-bit unsigned quantizer does; the minimum is a constant of the batch (no gradient).
 
     ``alpha`` is initialised from the first batch seen in training mode (BiT: ``2 mean|x|`` signed, ``4 mean|x|``
     unsigned, averaged over ranks under torch.distributed). An eval-mode forward before that uses the same
@@ -57,6 +59,7 @@ class ActivationQuantizer(nn.Module):
         channels: int | None = None,
         channel_dim: int = -1,
         keep_zeros: bool = False,
+        min_offset: bool = False,
     ):
         super().__init__()
         check_bits(bits, SUPPORTED_ACTIVATION_BITS, "activation bits")
@@ -64,6 +67,7 @@ class ActivationQuantizer(nn.Module):
         self.signed = signed
         self.channel_dim = channel_dim
         self.keep_zeros = keep_zeros
+        self.min_offset = min_offset and not signed and bits > 1
         self.alpha = nn.Parameter(torch.tensor(1.0))
         self.shift = nn.Parameter(torch.zeros(channels)) if channels is not None else None
         self.register_buffer("initialized", torch.tensor(False))
@@ -86,7 +90,10 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         shift = "none" if self.shift is None else f"{self.shift.numel()}@dim{self.channel_dim}"
-        return f"bits={self.bits}, signed={self.signed}, shift={shift}, keep_zeros={self.keep_zeros}"
+        return (
+            f"bits={self.bits}, signed={self.signed}, shift={shift}, keep_zeros={self.keep_zeros}, "
+            f"min_offset={self.min_offset}"
+        )
 
     def _shifted(self, x: Tensor) -> Tensor:
         if self.shift is None:
@@ -113,6 +120,9 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         nonzero = (x != 0) if self.keep_zeros else None
         shifted = self._shifted(x)
+        offset = shifted.detach().amin() if self.min_offset else None
+        if offset is not None:
+            shifted = shifted - offset
         alpha = self.alpha
         if not self.is_initialized():
             if self.training:
@@ -122,16 +132,23 @@ class ActivationQuantizer(nn.Module):
             else:
                 alpha = self._statistic_alpha(shifted, nonzero)
         out = elastic_quantize(shifted, alpha, self.bits, self.signed)
+        if offset is not None:
+            out = out + offset
         return out * nonzero if nonzero is not None else out
 
 
 def make_activation_quantizer(
-    bits: int, signed: bool, channels: int | None = None, channel_dim: int = -1, keep_zeros: bool = False
+    bits: int,
+    signed: bool,
+    channels: int | None = None,
+    channel_dim: int = -1,
+    keep_zeros: bool = False,
+    min_offset: bool = False,
 ) -> nn.Module:
     """An :class:`ActivationQuantizer`, or ``nn.Identity`` when ``bits`` is 32 (full-precision activations)."""
     if bits == FULL_PRECISION_BITS:
         return nn.Identity()
-    return ActivationQuantizer(bits, signed, channels, channel_dim, keep_zeros)
+    return ActivationQuantizer(bits, signed, channels, channel_dim, keep_zeros, min_offset)
 
 
 class _QuantizedWeightMixin:
@@ -229,7 +246,8 @@ def conv1d_geometry(conv: nn.Conv1d) -> dict[str, Any]:
 
 
 class BinaryConv1d(_QuantizedWeightMixin, nn.Conv1d):
-    """``nn.Conv1d`` (pointwise, depthwise or full; groups kept) with per-output-channel weight scales."""
+    """``nn.Conv1d`` (pointwise, depthwise or full; groups kept) with quantized weights: one scale and mean per
+    output channel (``per_channel=True``) or per tensor, as a Linear."""
 
     def __init__(
         self,
@@ -244,6 +262,7 @@ class BinaryConv1d(_QuantizedWeightMixin, nn.Conv1d):
         padding_mode: str = "zeros",
         weight_bits: int = 1,
         input_quant: nn.Module | None = None,
+        per_channel: bool = True,
         device=None,
         dtype=None,
     ):
@@ -261,15 +280,18 @@ class BinaryConv1d(_QuantizedWeightMixin, nn.Conv1d):
             device=device,
             dtype=dtype,
         )
-        self._init_quant(weight_bits, per_channel=True, input_quant=input_quant)
+        self._init_quant(weight_bits, per_channel=per_channel, input_quant=input_quant)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv1d, weight_bits: int, input_quant: nn.Module | None) -> BinaryConv1d:
+    def from_float(
+        cls, conv: nn.Conv1d, weight_bits: int, input_quant: nn.Module | None, per_channel: bool = True
+    ) -> BinaryConv1d:
         """A BinaryConv1d with ``conv``'s geometry that shares its weight and bias parameters."""
         new = cls(
             **conv1d_geometry(conv),
             weight_bits=weight_bits,
             input_quant=input_quant,
+            per_channel=per_channel,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )

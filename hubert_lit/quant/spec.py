@@ -15,6 +15,17 @@ from hubert_lit.quant.binarizers import SUPPORTED_ACTIVATION_BITS, SUPPORTED_WEI
 # candidates), so they need no pattern.
 DEFAULT_FULL_PRECISION = ("feature_extractor", "feature_projection", "pos_conv", "final_proj")
 FULL_PRECISION_ACTIVATIONS = 32
+CONV_SCALES = ("tensor", "channel")
+
+# What a stored spec (a checkpoint's or a packed export's) that lacks one of these keys was trained with: specs
+# written by hubert-lit 0.1.0 predate the switches, so a missing key means the old behaviour, and their files
+# load and resume unchanged. New specs always store every key.
+LEGACY_DEFAULTS = {
+    "pointwise_conv_scale": "channel",
+    "binarize_relative_positions": True,
+    "dropout_before_prob_binarizer": False,
+    "unsigned_min_offset": False,
+}
 
 
 @dataclass
@@ -32,6 +43,19 @@ class QuantSpec:
         ffn_relu: replace the feed-forward inner activation (GELU/Swish) by ReLU and quantize the second Linear's
             input with the unsigned set ``{0, a}``, as BiT does; otherwise keep the activation and use ``{-a, a}``.
         binarize_depthwise: quantize depthwise convolutions too (few MACs, so little to gain; kept as a switch).
+            Their weights keep one scale per output channel: a depthwise kernel has 31 taps per channel and no
+            Linear counterpart.
+        pointwise_conv_scale: weight statistics (mean and scale) of pointwise (kernel 1) convolutions: ``"tensor"``
+            (default) quantizes them exactly as Linear layers, which they are in all but name; ``"channel"`` (0.1.0)
+            gives them one scale and mean per output channel, a finer quantizer than the Linears of every family.
+        binarize_relative_positions: quantize the relative-position projection (``linear_pos``) and its attention
+            operand (``pos_hook``) of Conformer/Squeezeformer. Default False: positional modules stay full
+            precision in every family, as the Transformer family's convolutional positional embedding does
+            (0.1.0 binarized the relative ones).
+        dropout_before_prob_binarizer: apply attention dropout before the probability binarizer, as BiT does
+            (0.1.0: after it).
+        unsigned_min_offset: multi-bit unsigned sites subtract the batch minimum before quantizing and add it
+            back after (BiT's multi-bit unsigned quantizer); no effect at one bit (0.1.0: no offset).
     """
 
     weight_bits: int = 1
@@ -40,6 +64,10 @@ class QuantSpec:
     quantize_attention: bool = True
     ffn_relu: bool = True
     binarize_depthwise: bool = True
+    pointwise_conv_scale: str = "tensor"
+    binarize_relative_positions: bool = False
+    dropout_before_prob_binarizer: bool = True
+    unsigned_min_offset: bool = True
 
     def __post_init__(self) -> None:
         if self.weight_bits not in SUPPORTED_WEIGHT_BITS:
@@ -50,6 +78,10 @@ class QuantSpec:
         if self.activation_bits not in allowed:
             raise ValueError(
                 f"QuantSpec.activation_bits must be one of {allowed}, got {self.activation_bits!r}"
+            )
+        if self.pointwise_conv_scale not in CONV_SCALES:
+            raise ValueError(
+                f"QuantSpec.pointwise_conv_scale must be one of {CONV_SCALES}, got {self.pointwise_conv_scale!r}"
             )
         if isinstance(self.full_precision, str):
             raise ValueError("QuantSpec.full_precision must be a list of patterns, not a single string")
@@ -74,8 +106,9 @@ class QuantSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict` for a stored spec: unknown keys are an error, a missing switch means its
+        :data:`LEGACY_DEFAULTS` value (the behaviour the spec was written with)."""
         if not isinstance(data, dict):
             raise ValueError(f"quant spec must be a mapping, got {type(data).__name__}")
         check_known_keys(cls, data, "quant spec")
-        return cls(**data)
+        return cls(**{**LEGACY_DEFAULTS, **data})
