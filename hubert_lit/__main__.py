@@ -1,7 +1,7 @@
 """Entry point: ``python -m hubert_lit <command>``.
 
-``fit/validate/test/predict`` go to LightningCLI; the tools are plain argparse programs. Each tool lives in its
-own module exposing ``build_parser()`` and ``main(argv)``; they are imported only when called, so
+``fit/validate/test/predict`` go to LightningCLI; the tools are plain argparse programs. Each tool is a
+``main(argv)`` function (``module`` or ``module:function`` below) imported only when called, so
 ``python -m hubert_lit synth`` does not pay for importing Lightning.
 """
 
@@ -30,12 +30,17 @@ TOOLS: dict[str, tuple[str, str]] = {
         "hubert_lit.profile.cli",
         "storage, FLOP, BOP and estimated time of a model (the paper's Table 1)",
     ),
+    "sweep": (
+        "hubert_lit.cli:sweep_main",
+        "check a W&B sweep file and print (and validate) the fit commands an agent would run",
+    ),
+    "info": ("hubert_lit.system", "versions and devices hubert-lit sees (torch, CUDA, GPUs, FAISS build)"),
 }
 
 
 def _usage() -> str:
     lines = [
-        "usage: python -m hubert_lit <command> [options]",
+        "usage: python -m hubert_lit <command> [options]   (python -m hubert_lit --version)",
         "",
         "training (LightningCLI; --help on each):",
     ]
@@ -51,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("--version", "-V", "version"):
+        from hubert_lit import __version__
+
+        print(f"hubert-lit {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command in LIGHTNING_COMMANDS:
         from hubert_lit.cli import lightning_main
@@ -59,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in TOOLS:
         print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(TOOLS[command][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = TOOLS[command][0].partition(":")
+    tool = getattr(importlib.import_module(module_name), function or "main")
+    return int(tool(rest) or 0)
 
 
 if __name__ == "__main__":

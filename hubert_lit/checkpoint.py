@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,76 @@ def module_entries(model: HubertModel, counters: Mapping[str, int]) -> dict[str,
 def module_counters(checkpoint: Mapping[str, Any]) -> dict[str, int]:
     """The counters :func:`module_entries` stored (empty for a checkpoint without them)."""
     return {k: int(v) for k, v in checkpoint.get(COUNTERS_KEY, {}).items()}
+
+
+# ----------------------------------------------------------------------------------------------- resuming
+HPC_PATTERN = "hpc_ckpt_*.ckpt"  # what Lightning's own SLURM handler wrote (hubert-lit 0.1.0 runs)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues from: its path, optimizer step, and Lightning/hubert-lit entries other than
+    the weights and optimizer state (hyperparameters, loop and loader state, ...), for checks before resuming."""
+
+    path: Path
+    step: int
+    entries: dict[str, Any]
+
+
+def checkpoint_step(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """``global_step`` and the non-weight entries of a Lightning checkpoint, read lazily (memory-mapped: the
+    tensors are not loaded). ``ValueError`` naming the file when it is empty, damaged or not a checkpoint."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ValueError(f"{path} is damaged or truncated ({err})") from err
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("global_step"), int):
+        raise ValueError(f"{path} is not a Lightning checkpoint (no global_step)")
+    keep = (
+        "hyper_parameters",
+        "datamodule_hyper_parameters",
+        "loops",
+        CONFIG_KEY,
+        QUANT_SPEC_KEY,
+        COUNTERS_KEY,
+    )
+    return payload["global_step"], {k: payload[k] for k in keep if k in payload}
+
+
+def run_checkpoints(run_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """Every checkpoint a run may continue from: ``last*.ckpt`` and the periodic ones in its checkpoint folder,
+    and Lightning's ``hpc_ckpt_*.ckpt`` in the run folder."""
+    checkpoint_dir, run_dir = Path(checkpoint_dir), Path(run_dir)
+    found = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    found += sorted(run_dir.glob(HPC_PATTERN)) if run_dir.is_dir() else []
+    return found
+
+
+def resolve_resume(
+    run_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, warn=None
+) -> ResumePoint | None:
+    """The newest state of a run: the checkpoint with the highest ``global_step`` among :func:`run_checkpoints`
+    (on a tie, ``last.ckpt``), or None for a run that has none. Files that cannot be read are skipped with a
+    message to ``warn`` (a damaged ``last.ckpt`` falls back to the newest intact checkpoint)."""
+    best: ResumePoint | None = None
+    for path in run_checkpoints(run_dir, checkpoint_dir):
+        try:
+            step, entries = checkpoint_step(path)
+        except (OSError, ValueError) as err:
+            if warn is not None:
+                warn(f"skipping {path} as a resume point: {err}")
+            continue
+        preferred = best is None or step > best.step or (step == best.step and path.name == "last.ckpt")
+        if preferred:
+            best = ResumePoint(path, step, entries)
+    return best
+
+
+def stale_hpc_checkpoints(run_dir: str | os.PathLike, resume: ResumePoint | None) -> list[Path]:
+    """Lightning's ``hpc_ckpt_*`` files of ``run_dir`` that are not the resume point (hubert-lit no longer writes
+    them: a requeue saves at a step boundary into the checkpoint folder)."""
+    keep = None if resume is None else resume.path.resolve()
+    return [p for p in sorted(Path(run_dir).glob(HPC_PATTERN)) if p.resolve() != keep]

@@ -11,12 +11,19 @@ On top of Lightning's options the suite adds:
 
 * ``run.*``: ``run.name`` and ``run.root`` give the run folder ``<root>/<name>`` (checkpoints in
   ``<run dir>/checkpoints``, logs in ``<run dir>/csv/version_N`` and ``<run dir>/wandb``), the loggers to use
-  (``csv``, ``wandb``; W&B offline by default) and the W&B project. Setting ``trainer.logger`` yourself replaces
-  these loggers.
-* ``checkpoint.*``: the ModelCheckpoint (every ``every_n_train_steps`` plus ``last.ckpt``), always present.
-  Checkpoints are written atomically (:class:`~hubert_lit.lit.callbacks.AtomicCheckpointIO`), and carry every
-  rank's RNG states (:class:`~hubert_lit.lit.callbacks.RNGStateCallback`, ``rng.*``) and the data-loader state,
-  so ``--ckpt_path last`` resumes exactly.
+  (``csv``, ``wandb``; W&B offline by default) and the W&B project. One run folder is one run, however many
+  launches it takes: ``run.resume=auto`` (default) continues from the run's newest checkpoint, so one command
+  both starts and continues a run (an explicit ``--ckpt_path FILE`` wins); the W&B run id is kept in
+  ``<run dir>/wandb_id`` and the CSV log continues in the last version folder (:mod:`hubert_lit.lit.loggers`).
+  ``run.requeue_signal`` (SIGUSR1) saves, requeues and stops at a step boundary (:mod:`hubert_lit.lit.requeue`);
+  ``run.progress`` shows a progress bar on a terminal and progress lines otherwise; ``run.target_global_batch_
+  seconds`` sets ``trainer.accumulate_grad_batches`` from the world size. Setting ``trainer.logger`` yourself
+  replaces the loggers.
+* ``checkpoint.*``: the checkpoint callback (every ``every_n_train_steps``, plus ``last.ckpt``, which also holds
+  the state of the last step of a fit however it ended), always present. Checkpoints are written atomically
+  (:class:`~hubert_lit.lit.callbacks.AtomicCheckpointIO`), and carry every rank's RNG states
+  (:class:`~hubert_lit.lit.callbacks.RNGStateCallback`, ``rng.*``) and the data-loader state, so a resumed run
+  continues exactly.
 * ``demo``: free-form stage settings of ``experiments/demo.py`` (ignored here).
 * Under ``wandb agent`` (``WANDB_SWEEP_ID`` set) the run folder is ``<root>/<name>-<WANDB_RUN_ID>``.
 * ``predict_out``, ``predict_layer``: ``predict`` writes the features of that encoder layer there, one ``.npz``
@@ -40,20 +47,25 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_info
 
+from hubert_lit.checkpoint import resolve_resume, stale_hpc_checkpoints
 from hubert_lit.data.datamodule import ShardDataModule
 from hubert_lit.lit.base import HubertLightningModule
-from hubert_lit.lit.callbacks import AtomicCheckpointIO, FeatureWriter, RNGStateCallback
+from hubert_lit.lit.callbacks import AtomicCheckpointIO, FeatureWriter, RNGStateCallback, RunCheckpoint
+from hubert_lit.lit.loggers import WANDB_MODES, AppendingCSVLogger, csv_version, wandb_logger
 from hubert_lit.lit.pretrain import HubertPretrainModule
+from hubert_lit.lit.progress import ProgressLog
+from hubert_lit.lit.requeue import RequeueOnSignal
 from hubert_lit.run_config import RunConfigError, expand_bases
 
 log = logging.getLogger(__name__)
 
 LOGGER_NAMES = ("csv", "wandb")
-WANDB_MODES = ("offline", "online", "disabled")
+RESUME_MODES = ("auto", "never")
+PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 # Third-party warnings that say nothing actionable about a run of this suite (they would bury its own messages):
@@ -193,9 +205,35 @@ def check_config(cfg: Namespace, subcommand: str) -> None:
                 )
 
 
+# ----------------------------------------------------------------------------------------------- batch size
+def world_size_of(trainer: Namespace) -> int:
+    """Processes a Trainer config will run: ``num_nodes`` x ``devices`` (``auto``/-1: the visible GPUs, or 1)."""
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        count = int(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    else:
+        import torch
+
+        gpu = trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if gpu else 1
+    return count * int(trainer.get("num_nodes") or 1)
+
+
+def accumulation_for(target_seconds: float, batch_seconds: float, world: int) -> tuple[int, float]:
+    """Gradient accumulation that brings ``world`` ranks of ``batch_seconds`` closest to ``target_seconds`` of
+    audio per optimizer step, and the effective batch (seconds) it gives."""
+    accumulate = max(1, round(target_seconds / (world * batch_seconds)))
+    return accumulate, accumulate * world * batch_seconds
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 class HubertLightningCLI(LightningCLI):
-    """LightningCLI with the suite's run folder, loggers, checkpointing, RNG capture and config checks."""
+    """LightningCLI with the suite's run folder, resume resolution, loggers, checkpointing, cluster requeue,
+    progress lines, RNG capture and config checks."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -213,7 +251,51 @@ class HubertLightningCLI(LightningCLI):
             "--run.wandb_mode",
             type=str,
             default="offline",
-            help=f"W&B mode, one of {WANDB_MODES}; offline needs no account (upload later with `wandb sync`).",
+            help=f"W&B mode, one of {WANDB_MODES}; offline needs no account (upload later with `wandb sync`). "
+            "It wins over an inherited WANDB_MODE; 'env' defers to WANDB_MODE; WANDB_MODE=disabled always "
+            "disables W&B.",
+        )
+        parser.add_argument(
+            "--run.resume",
+            type=str,
+            default="auto",
+            help="fit: 'auto' continues the run from its newest checkpoint (last.ckpt, periodic or Lightning's "
+            "hpc_ckpt_*, highest global step) when it has one, so one command starts and continues a run; "
+            "'never' starts afresh. An explicit --ckpt_path FILE wins.",
+        )
+        parser.add_argument(
+            "--run.progress",
+            type=str,
+            default="auto",
+            help="'bar' (progress bar), 'log' (a progress line every run.progress_every steps, for jobs without a "
+            "terminal), 'auto' (bar on a terminal, log lines otherwise) or 'none'.",
+        )
+        parser.add_argument(
+            "--run.progress_every",
+            type=int,
+            default=50,
+            help="Steps between progress lines (run.progress=log).",
+        )
+        parser.add_argument(
+            "--run.requeue_signal",
+            type=str | None,
+            default="SIGUSR1",
+            help="fit: signal announcing the end of the job (sbatch --signal=SIGUSR1@90): save last.ckpt at the "
+            "next step boundary, requeue the SLURM job, stop. null: no handler.",
+        )
+        parser.add_argument(
+            "--run.requeue_check_every",
+            type=int,
+            default=10,
+            help="Steps between the ranks' comparisons of the requeue flag (one scalar all-reduce; single "
+            "processes check every step).",
+        )
+        parser.add_argument(
+            "--run.target_global_batch_seconds",
+            type=float | None,
+            default=None,
+            help="Audio per optimizer step over all ranks; sets trainer.accumulate_grad_batches from the world "
+            "size and data.max_batch_seconds, so a run on fewer GPUs keeps its effective batch.",
         )
         parser.add_argument(
             "--predict_out",
@@ -239,7 +321,7 @@ class HubertLightningCLI(LightningCLI):
             default=None,
             help="Stage settings read by experiments/demo.py (ignored by training).",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.every_n_train_steps": 1000,
@@ -247,32 +329,96 @@ class HubertLightningCLI(LightningCLI):
                 "checkpoint.save_top_k": -1,
                 "checkpoint.filename": "step{step:08d}",
                 "checkpoint.auto_insert_metric_name": False,
+                # last.ckpt is always this run's newest state, never a last-v1.ckpt beside a stale one
+                "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(RNGStateCallback, "rng")
 
+    def _check(self, cfg: Namespace) -> None:
+        check_config(cfg, str(self.subcommand))
+        run = cfg.run
+        for name in run.loggers:
+            if name not in LOGGER_NAMES:
+                raise ConfigError(f"run.loggers: unknown logger {name!r}; choose from {LOGGER_NAMES}")
+        choices = {"wandb_mode": WANDB_MODES, "resume": RESUME_MODES, "progress": PROGRESS_MODES}
+        for key, allowed in choices.items():
+            if run[key] not in allowed:
+                raise ConfigError(f"run.{key} must be one of {allowed}, got {run[key]!r}")
+        if self.subcommand == "predict" and not cfg.get("predict_out"):
+            raise ConfigError("predict needs --predict_out DIR (where the features are written)")
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
         try:
-            check_config(cfg, str(self.subcommand))
-            run = cfg.run
-            for name in run.loggers:
-                if name not in LOGGER_NAMES:
-                    raise ConfigError(f"run.loggers: unknown logger {name!r}; choose from {LOGGER_NAMES}")
-            if run.wandb_mode not in WANDB_MODES:
-                raise ConfigError(f"run.wandb_mode must be one of {WANDB_MODES}, got {run.wandb_mode!r}")
-            if self.subcommand == "predict" and not cfg.get("predict_out"):
-                raise ConfigError("predict needs --predict_out DIR (where the features are written)")
+            self._check(cfg)
+            if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+                # launched by `wandb agent`: every sweep run gets its own folder
+                cfg.run.name = f"{cfg.run.name}-{os.environ['WANDB_RUN_ID']}"
+            run_dir = Path(cfg.run.root) / cfg.run.name
+            if cfg.trainer.get("default_root_dir") is None:
+                cfg.trainer.default_root_dir = str(run_dir)
+            if cfg.checkpoint.get("dirpath") is None:
+                cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
+            self._resuming = False
+            if self.subcommand == "fit":
+                self._set_accumulation(cfg)
+                self._resolve_resume(cfg, run_dir)
         except ConfigError as err:
             self.parser.error(str(err))  # exits with status 2, before anything is built
-        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
-            # launched by `wandb agent`: every sweep run gets its own folder
-            cfg.run.name = f"{cfg.run.name}-{os.environ['WANDB_RUN_ID']}"
-        run_dir = Path(cfg.run.root) / cfg.run.name
-        if cfg.trainer.get("default_root_dir") is None:
-            cfg.trainer.default_root_dir = str(run_dir)
-        if cfg.checkpoint.get("dirpath") is None:
-            cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
+
+    def _set_accumulation(self, cfg: Namespace) -> None:
+        target = cfg.run.get("target_global_batch_seconds")
+        world = world_size_of(cfg.trainer)
+        batch_seconds = cfg.data.get("max_batch_seconds") if cfg.get("data") is not None else None
+        if target is None:
+            if batch_seconds is not None:
+                accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+                rank_zero_info(
+                    f"effective batch: {world} rank(s) x {accumulate} accumulated x {batch_seconds} s = "
+                    f"{world * accumulate * batch_seconds:.1f} s of audio per step"
+                )
+            return
+        if batch_seconds is None:
+            raise ConfigError(
+                "run.target_global_batch_seconds needs data.max_batch_seconds (not data.batch_size)"
+            )
+        accumulate, effective = accumulation_for(target, batch_seconds, world)
+        configured = cfg.trainer.get("accumulate_grad_batches")
+        cfg.trainer.accumulate_grad_batches = accumulate
+        message = (
+            f"effective batch: {world} rank(s) x {accumulate} accumulated x {batch_seconds} s = {effective:.1f} s "
+            f"of audio per step (run.target_global_batch_seconds={target})"
+        )
+        if configured not in (None, 1, accumulate):
+            message += f"; trainer.accumulate_grad_batches={configured} replaced"
+        if abs(effective - target) > 0.05 * target:
+            log.warning(
+                "%s: %.0f%% off the target (no integer accumulation fits)",
+                message,
+                100 * (effective / target - 1),
+            )
+        else:
+            rank_zero_info(message)
+
+    def _resolve_resume(self, cfg: Namespace, run_dir: Path) -> None:
+        """``ckpt_path``: an explicit file wins; ``last`` or ``run.resume=auto`` take the run's newest state."""
+        explicit = cfg.get("ckpt_path")
+        if explicit not in (None, "last") or (explicit is None and cfg.run.resume == "never"):
+            self._resuming = explicit is not None
+            return
+        point = resolve_resume(run_dir, cfg.checkpoint.dirpath, warn=log.warning)
+        for stale in stale_hpc_checkpoints(run_dir, point):
+            stale.unlink()
+            rank_zero_info(f"removed {stale}: hubert-lit saves requeue states as last.ckpt")
+        if point is None:
+            if explicit == "last":
+                log.warning("--ckpt_path last: %s has no checkpoint yet; starting afresh", run_dir)
+            cfg.ckpt_path = None
+            return
+        cfg.ckpt_path = str(point.path)
+        self._resuming = True
+        rank_zero_info(f"resuming from {point.path} at step {point.step}")
 
     def after_instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
@@ -286,23 +432,19 @@ class HubertLightningCLI(LightningCLI):
         loggers: list[Logger] = []
         for name in cfg.run.loggers:
             if name == "csv":
-                loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
-            elif (
-                name == "wandb"
-                and cfg.run.wandb_mode != "disabled"
-                and os.environ.get("WANDB_MODE") != "disabled"
-            ):
-                run_dir.mkdir(parents=True, exist_ok=True)
-                loggers.append(
-                    WandbLogger(
-                        project=cfg.run.wandb_project,
-                        name=cfg.run.name,
-                        save_dir=str(run_dir),
-                        offline=cfg.run.wandb_mode == "offline",
-                        log_model=False,
-                    )
-                )
+                version = csv_version(run_dir / "csv", resuming=getattr(self, "_resuming", False))
+                loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="csv", version=version))
+            elif name == "wandb":
+                logger = wandb_logger(run_dir, cfg.run.name, cfg.run.wandb_project, cfg.run.wandb_mode)
+                if logger is not None:
+                    loggers.append(logger)
         return loggers
+
+    def _progress(self, cfg: Namespace) -> str:
+        mode = cfg.run.progress
+        if mode == "auto":
+            return "bar" if sys.stdout.isatty() else "log"
+        return mode
 
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self.config.get(str(self.subcommand), self.config)
@@ -315,9 +457,16 @@ class HubertLightningCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
+        callbacks = list(self._get(self.config_init, "trainer").get("callbacks") or [])
+        progress = self._progress(cfg)
+        kwargs["enable_progress_bar"] = progress == "bar"
+        if progress == "log" and self.subcommand == "fit":
+            callbacks.append(ProgressLog(cfg.run.progress_every))
+        if self.subcommand == "fit" and cfg.run.get("requeue_signal"):
+            callbacks.append(RequeueOnSignal(cfg.run.requeue_signal, cfg.run.requeue_check_every))
         if self.subcommand == "predict":
-            callbacks = self._get(self.config_init, "trainer").get("callbacks") or []
-            kwargs["callbacks"] = [*callbacks, FeatureWriter(cfg.predict_out)]
+            callbacks.append(FeatureWriter(cfg.predict_out))
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
 
@@ -375,4 +524,48 @@ def lightning_main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """``python -m hubert_lit sweep FILE``: print and validate the commands a W&B agent would run for the sweep
+    file (:mod:`hubert_lit.sweeps`); exit status 2 when the file or any command is rejected."""
+    import argparse
+    import contextlib
+    import io
+    import shlex
+
+    from hubert_lit.sweeps import SweepError, dry_run
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hubert_lit sweep",
+        description="Offline dry run of a W&B sweep file: check it, expand its points (grid: all; random/Bayes: "
+        "--samples seeded draws) into the exact commands `wandb agent` would run, print them and validate each "
+        "in-process as --print_config would. ${envvar:NAME} macros take this shell's environment.",
+    )
+    parser.add_argument("sweep", type=Path, help="sweep file, e.g. configs/sweeps/encoders_grid.yaml")
+    parser.add_argument(
+        "--samples", type=int, default=3, help="draws of a random/Bayesian sweep (default: 3)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    parser.add_argument("--no-validate", action="store_true", help="only print the commands")
+    args = parser.parse_args(argv)
+
+    def validate(suite_args: list[str]) -> int:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return lightning_main([*suite_args, "--print_config"])
+
+    try:
+        commands = dry_run(args.sweep, args.samples, args.seed, None if args.no_validate else validate)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = 0
+    for argv_, status in commands:
+        mark = {None: "", 0: "ok  "}.get(status, "FAIL")
+        failed += status not in (None, 0)
+        print(f"{mark}{' ' if mark else ''}{shlex.join(argv_)}")
+    if failed:
+        print(f"error: {failed} of {len(commands)} commands rejected (messages above)", file=sys.stderr)
+        return 2
     return 0

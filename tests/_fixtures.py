@@ -175,3 +175,26 @@ class DumpFinalWeights(pl.Callback):
             },
             Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
         )
+
+
+class MarkStep(pl.Callback):
+    """Create ``path`` when optimizer step ``step`` has been taken (a test process waits for it, then signals)."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not Path(self.path).exists():
+            Path(self.path).write_text(str(trainer.global_step))
+
+
+class SlowSteps(pl.Callback):
+    """Sleep ``seconds`` after every step, so a signal sent by the test lands while the run is still going."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        time.sleep(self.seconds)

@@ -28,7 +28,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from hubert_lit.atomic import atomic_torch_save, atomic_write
 from hubert_lit.checkpoint import RNG_KEY
@@ -66,6 +67,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, path)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (every ``every_n_train_steps`` plus ``last.ckpt``) that also saves the end of a fit.
+
+    Lightning saves only on its step trigger, so a fit that stops at a ``max_steps`` not divisible by the
+    interval, on ``max_time``, an early stop or a requeue would leave ``last.ckpt`` at the last periodic step. Here
+    ``last.ckpt`` always holds the state of the last step taken, and the closing log line says which step that is.
+    """
+
+    def save_now(self, trainer: pl.Trainer, reason: str) -> Path:
+        """Write ``last.ckpt`` now (every rank calls this: saving is a collective); returns its path."""
+        path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if self._last_global_step_saved != trainer.global_step or self.last_model_path != str(path):
+            trainer.save_checkpoint(path, self.save_weights_only)
+            self.last_model_path = str(path)
+            self._last_global_step_saved = trainer.global_step
+        rank_zero_info(f"{reason}: saved the state of step {trainer.global_step} to {path}")
+        return path
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and trainer.global_step > 0 and not trainer.sanity_checking:
+            self.save_now(trainer, reason="fit ended")
 
 
 # ----------------------------------------------------------------------------------------------- RNG states
