@@ -270,7 +270,7 @@ def checkpoint_step(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise ValueError(f"{path} is damaged or truncated ({err})") from err
+        raise ValueError(f"{path} cannot be read: damaged, truncated or not a checkpoint ({err})") from err
     if not isinstance(payload, Mapping) or not isinstance(payload.get("global_step"), int):
         raise ValueError(f"{path} is not a Lightning checkpoint (no global_step)")
     keep = (

@@ -51,14 +51,28 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info
 
-from hubert_lit.checkpoint import resolve_resume, stale_hpc_checkpoints
+from hubert_lit.atomic import TEMP_SUFFIX
+from hubert_lit.checkpoint import (
+    CONFIG_KEY,
+    ResumePoint,
+    checkpoint_step,
+    resolve_resume,
+    stale_hpc_checkpoints,
+)
 from hubert_lit.data.datamodule import ShardDataModule
 from hubert_lit.lit.base import HubertLightningModule
 from hubert_lit.lit.callbacks import AtomicCheckpointIO, FeatureWriter, RNGStateCallback, RunCheckpoint
-from hubert_lit.lit.loggers import WANDB_MODES, AppendingCSVLogger, csv_version, wandb_logger
+from hubert_lit.lit.loggers import (
+    WANDB_MODES,
+    AppendingCSVLogger,
+    csv_version,
+    is_global_zero_from_env,
+    wandb_logger,
+)
 from hubert_lit.lit.pretrain import HubertPretrainModule
 from hubert_lit.lit.progress import ProgressLog
 from hubert_lit.lit.requeue import RequeueOnSignal
+from hubert_lit.models import HubertConfig
 from hubert_lit.run_config import RunConfigError, expand_bases
 
 log = logging.getLogger(__name__)
@@ -190,6 +204,21 @@ def check_config(cfg: Namespace, subcommand: str) -> None:
                     f"model.num_classes={model.num_classes} but data.{key} ({data.get(key)}/meta.json) has "
                     f"num_classes={k_labels}; set model.num_classes to {k_labels} (or leave it unset)"
                 )
+    if model is not None and module is HubertPretrainModule:
+        from hubert_lit.run_config import pretrain_model_config
+
+        try:  # the architecture, before anything is built: a bad preset or override names the key
+            pretrain_model_config(
+                model.get("preset"),
+                model.get("num_classes") or 1,
+                model.get("overrides"),
+                model.get("model_config"),
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model: {err}") from err
+    if model is not None and module is not HubertPretrainModule and model.get("teacher") is not None:
+        if not Path(model.teacher).is_file():
+            raise ConfigError(f"model.teacher: file not found: {model.teacher}")
     if model is not None and model.get("num_classes") is None and subcommand in ("fit", "validate", "test"):
         raise ConfigError("model.num_classes is not set and no labels folder is configured to take it from")
     if subcommand == "fit":
@@ -206,6 +235,12 @@ def check_config(cfg: Namespace, subcommand: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- batch size
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
 def world_size_of(trainer: Namespace) -> int:
     """Processes a Trainer config will run: ``num_nodes`` x ``devices`` (``auto``/-1: the visible GPUs, or 1)."""
     devices = trainer.get("devices", "auto")
@@ -361,6 +396,7 @@ class HubertLightningCLI(LightningCLI):
             if cfg.checkpoint.get("dirpath") is None:
                 cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
             self._resuming = False
+            self._resume_point: ResumePoint | None = None
             if self.subcommand == "fit":
                 self._set_accumulation(cfg)
                 self._resolve_resume(cfg, run_dir)
@@ -406,9 +442,15 @@ class HubertLightningCLI(LightningCLI):
         explicit = cfg.get("ckpt_path")
         if explicit not in (None, "last") or (explicit is None and cfg.run.resume == "never"):
             self._resuming = explicit is not None
+            if explicit is not None and "://" not in str(explicit):
+                self._resume_point = self._explicit_point(Path(explicit))
             return
+        if is_global_zero_from_env():  # temporary files of saves a kill interrupted
+            for stale in sorted(Path(cfg.checkpoint.dirpath).glob(f".*.ckpt.*{TEMP_SUFFIX}")):
+                stale.unlink()
+                rank_zero_info(f"removed {stale}, left by an interrupted checkpoint save")
         point = resolve_resume(run_dir, cfg.checkpoint.dirpath, warn=log.warning)
-        for stale in stale_hpc_checkpoints(run_dir, point):
+        for stale in stale_hpc_checkpoints(run_dir, point) if is_global_zero_from_env() else []:
             stale.unlink()
             rank_zero_info(f"removed {stale}: hubert-lit saves requeue states as last.ckpt")
         if point is None:
@@ -418,10 +460,44 @@ class HubertLightningCLI(LightningCLI):
             return
         cfg.ckpt_path = str(point.path)
         self._resuming = True
+        self._resume_point = point
         rank_zero_info(f"resuming from {point.path} at step {point.step}")
+
+    @staticmethod
+    def _explicit_point(path: Path) -> ResumePoint:
+        """The checkpoint ``--ckpt_path`` names, checked before anything is built."""
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path: file not found: {path}")
+        try:
+            step, entries = checkpoint_step(path)
+        except ValueError as err:
+            raise ConfigError(f"ckpt_path: {err}") from err
+        if CONFIG_KEY not in entries:
+            raise ConfigError(f"ckpt_path: {path} is not a hubert-lit checkpoint (no {CONFIG_KEY!r} entry)")
+        return ResumePoint(path, step, entries)
+
+    def _check_resume_model(self) -> None:
+        """A resumed run trains the architecture its checkpoint was trained with (same shapes are not enough:
+        4 heads of 16 dimensions and 2 of 32 hold the same weights)."""
+        point = getattr(self, "_resume_point", None)
+        if point is None or CONFIG_KEY not in point.entries:
+            return
+        stored = HubertConfig.from_dict(point.entries[CONFIG_KEY])
+        changed = stored.architecture_differences(self.model.model.config)
+        if changed:
+            details = ", ".join(
+                f"{k}: {_dotted(stored.architecture(), k)!r} -> {_dotted(self.model.model.config.architecture(), k)!r}"
+                for k in changed
+            )
+            self.parser.error(
+                f"{point.path} was trained with another architecture ({details}); resume with the same model "
+                "config, or start a new run (--run.name, or --run.resume=never)"
+            )
 
     def after_instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
+        if self.subcommand == "fit":
+            self._check_resume_model()
         layer = cfg.get("predict_layer")
         if layer is not None and not 0 <= layer <= self.model.model.num_layers:
             self.parser.error(f"predict_layer must be in [0, {self.model.model.num_layers}], got {layer}")

@@ -133,7 +133,7 @@ def test_config_errors_exit_2_before_training(extra, message, tone_data, tmp_pat
 
 def test_bad_model_value_fails_before_training(tone_data, tmp_path, capsys):
     rc, out = run_cli([*base_args(tone_data, tmp_path), "--model.preset=transformer_xxl"], capsys)
-    assert rc == 1 and "unknown model preset 'transformer_xxl'" in out
+    assert rc == 2 and "unknown model preset 'transformer_xxl'" in out
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 

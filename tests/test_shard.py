@@ -255,15 +255,34 @@ def test_existing_output_needs_overwrite(split, tmp_path, capsys):
     assert main(["--root", str(root), "--out", str(out), "--workers", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert _tree_bytes(out) == {"keep.txt": b"precious"}
+    # --overwrite replaces only the tool's own output (or an empty folder): a folder of other files is refused
+    assert main(["--root", str(root), "--out", str(out), "--workers", "1", "--overwrite"]) == 2
+    assert "is not a shard folder (no index.json)" in capsys.readouterr().err
+    assert _tree_bytes(out) == {"keep.txt": b"precious"}
 
-    assert main(["--root", str(root), "--out", str(out), "--workers", "1", "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists()
-    assert shardio.load_index(out).num_utterances == len(expected)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["LibriSpeech", "shards"]
+    (out / "keep.txt").unlink()
+    assert main(["--root", str(root), "--out", str(out), "--workers", "1"]) == 0  # empty: written
+    first = _tree_bytes(out)
+    assert main(["--root", str(root), "--out", str(out), "--workers", "1", "--overwrite", "--seed", "7"]) == 0
+    assert shardio.load_index(out).num_utterances == len(expected) and _tree_bytes(out) != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LibriSpeech", "shards"]  # no .bak left
 
     # never replace a folder that contains the input
     assert main(["--root", str(root), "--out", str(root.parent), "--workers", "1", "--overwrite"]) == 2
     assert (root / "19" / "198" / "19-198.trans.txt").exists()
+
+
+def test_interrupted_overwrite_is_recovered_at_the_next_start(split, tmp_path, capsys):
+    root, expected = split
+    out = tmp_path / "shards"
+    assert main(["--root", str(root), "--out", str(out), "--workers", "1"]) == 0
+    before = _tree_bytes(out)
+    out.rename(
+        tmp_path / "shards.bak"
+    )  # killed after moving the old output aside, before the new one moved in
+    assert main(["--root", str(root), "--out", str(out), "--workers", "1"]) == 2  # restored, then: exists
+    assert "restored" in capsys.readouterr().err
+    assert _tree_bytes(out) == before and not (tmp_path / "shards.bak").exists()
 
 
 def test_failed_write_leaves_no_output(split, tmp_path, monkeypatch):

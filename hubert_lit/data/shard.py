@@ -31,6 +31,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from hubert_lit.atomic import recover_folder_swap, swap_folder
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.librispeech import Problem, Utterance, scan_roots
 from hubert_lit.data.shardio import INDEX_FILE, INDEX_FORMAT, describe_audio_error, encode_flac
@@ -219,19 +220,16 @@ def _prepare_output(out: Path, roots: Sequence[Path], overwrite: bool) -> None:
             raise ShardUsageError(
                 f"--root {root} is inside --out {out}; writing there would destroy the input"
             )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ShardUsageError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out``, replacing an existing ``out`` only at the last moment."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ShardUsageError(
+                f"--out {out} already exists and is not empty; pass --overwrite to replace it"
+            )
+        if not (out / INDEX_FILE).is_file():
+            raise ShardUsageError(
+                f"--out {out} is not a shard folder (no {INDEX_FILE}); --overwrite replaces only the tool's own "
+                "output or an empty folder"
+            )
 
 
 def format_skipped(skipped: Sequence[Problem], total: int) -> str:
@@ -268,6 +266,9 @@ def shard_corpus(
         if not root.is_dir():
             raise ShardUsageError(f"--root {root} is not a folder")
     out = Path(out)
+    recovered = recover_folder_swap(out)
+    if recovered:
+        print(recovered, file=sys.stderr)
     _prepare_output(out, root_paths, overwrite)
 
     scan = scan_roots(root_paths)
@@ -346,7 +347,7 @@ def shard_corpus(
             "resampled": [{"id": i, "from_rate": rate} for i, rate in resampled],
         }
         (tmp / INDEX_FILE).write_text(_dump_index(index), encoding="utf-8")
-        _install(tmp, out)
+        swap_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

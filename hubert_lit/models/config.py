@@ -16,9 +16,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubert_lit.config_dicts import check_known_keys
+from hubert_lit.config_dicts import parse_fields
 from hubert_lit.models.encoders import EncoderConfig
 from hubert_lit.models.frontend import EXTRACTOR_MODES, FRONTENDS
+
+# Fields that do not change what the weights compute at inference (training settings, names, the head's size).
+TRAINING_FIELDS = frozenset(
+    {
+        "name",
+        "num_classes",
+        "feature_grad_mult",
+        "dropout_input",
+        "mask_prob",
+        "mask_length",
+        "min_masks",
+        "final_dim",
+        "logit_temp",
+        "pred_masked_weight",
+        "pred_nomask_weight",
+        "feature_pen_weight",
+    }
+)
+ENCODER_TRAINING_FIELDS = frozenset(
+    {
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "layerdrop",
+        "attention_backend",
+        "flex_min_length",
+    }
+)
 
 
 @dataclass
@@ -77,6 +105,20 @@ class HubertConfig:
         """Encoder width."""
         return self.encoder.dim
 
+    def architecture(self) -> dict[str, Any]:
+        """The fields that decide what the weights mean (not training settings such as dropout or masking, nor
+        the prediction head's size, which the weights' shapes already fix)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in TRAINING_FIELDS}
+        data["encoder"] = {k: v for k, v in data["encoder"].items() if k not in ENCODER_TRAINING_FIELDS}
+        return data
+
+    def architecture_differences(self, other: HubertConfig) -> list[str]:
+        """Dotted names of the architecture fields in which ``other`` differs from this config."""
+        mine, theirs = self.architecture(), other.architecture()
+        out = [k for k in mine if k != "encoder" and mine[k] != theirs[k]]
+        out += [f"encoder.{k}" for k in mine["encoder"] if mine["encoder"][k] != theirs["encoder"][k]]
+        return sorted(out)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/YAML-serialisable dict (the encoder as a nested dict)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -88,8 +130,7 @@ class HubertConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a HubertConfig dict must be a mapping, got {type(data).__name__}")
-        check_known_keys(cls, data, "HubertConfig")
-        values = dict(data)
+        values = parse_fields(cls, data, "HubertConfig")
         if "encoder" in values and not isinstance(values["encoder"], EncoderConfig):
             values["encoder"] = EncoderConfig.from_dict(dict(values["encoder"]))
         return cls(**values)

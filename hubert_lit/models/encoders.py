@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hubert_lit.config_dicts import check_known_keys
+from hubert_lit.config_dicts import parse_fields
 from hubert_lit.models.attention import BACKENDS, AttentionMask, MultiHeadAttention
 from hubert_lit.models.layers import (
     ConvolutionModule,
@@ -101,8 +101,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        check_known_keys(cls, data, "encoder config")
-        return cls(**data)
+        return cls(**parse_fields(cls, data, "encoder config"))
 
 
 def _attention(cfg: EncoderConfig, relative: bool) -> MultiHeadAttention:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hubert_lit.config_dicts import check_known_keys
+from hubert_lit.config_dicts import parse_fields
 
 PATTERNS = ("fixed", "strided", "local")
 
@@ -86,8 +86,7 @@ class SparsityConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
-        check_known_keys(cls, data, "sparsity config")
-        return cls(**data)
+        return cls(**parse_fields(cls, data, "sparsity config"))
 
 
 def _fixed_layout(cfg: SparsityConfig, head: int, nb: int) -> Tensor:

@@ -12,7 +12,6 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -30,29 +29,6 @@ from hubert_lit.profile.report import (
 
 FORMATS = ("markdown", "csv", "json")
 FRONTENDS = ("fastconv", "wav2vec2")
-# Fields that do not change the inference architecture (ignored when --config and --checkpoint are compared).
-_TRAINING_ONLY = {
-    "name",
-    "num_classes",
-    "feature_grad_mult",
-    "dropout_input",
-    "mask_prob",
-    "mask_length",
-    "min_masks",
-    "final_dim",
-    "logit_temp",
-    "pred_masked_weight",
-    "pred_nomask_weight",
-    "feature_pen_weight",
-}
-_ENCODER_TRAINING_ONLY = {
-    "dropout",
-    "attention_dropout",
-    "activation_dropout",
-    "layerdrop",
-    "attention_backend",
-    "flex_min_length",
-}
 
 
 class ProfileError(ValueError):
@@ -174,15 +150,8 @@ def model_from_config(path: Path):
         raise ProfileError(str(err)) from err
 
 
-def _architecture(config) -> dict[str, Any]:
-    data = {k: v for k, v in config.to_dict().items() if k not in _TRAINING_ONLY}
-    data["encoder"] = {k: v for k, v in data["encoder"].items() if k not in _ENCODER_TRAINING_ONLY}
-    return data
-
-
 def _check_same_architecture(config, model: nn.Module, checkpoint: Path, config_path: Path) -> None:
-    want, have = _architecture(config), _architecture(model.config)
-    diff = sorted(k for k in want if want[k] != have[k])
+    diff = config.architecture_differences(model.config)
     if diff:
         raise ProfileError(
             f"--config {config_path} and --checkpoint {checkpoint} describe different models "

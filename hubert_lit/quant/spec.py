@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from hubert_lit.config_dicts import check_known_keys
+from hubert_lit.config_dicts import parse_fields
 from hubert_lit.quant.binarizers import SUPPORTED_ACTIVATION_BITS, SUPPORTED_WEIGHT_BITS
 
 # Module names (fnmatch patterns) kept in full precision by default: the conv front end and the feature
@@ -110,5 +110,4 @@ class QuantSpec:
         :data:`LEGACY_DEFAULTS` value (the behaviour the spec was written with)."""
         if not isinstance(data, dict):
             raise ValueError(f"quant spec must be a mapping, got {type(data).__name__}")
-        check_known_keys(cls, data, "quant spec")
-        return cls(**{**LEGACY_DEFAULTS, **data})
+        return cls(**{**LEGACY_DEFAULTS, **parse_fields(cls, data, "quant spec")})
