@@ -2,9 +2,10 @@
 
 The extension is compiled on first use with ``torch.utils.cpp_extension`` (ninja) into
 ``<cache>/hubert_lit/extensions/<key>/``, where ``<cache>`` is ``$XDG_CACHE_HOME`` (default ``~/.cache``) or the
-folder ``$HUBERT_LIT_EXTENSION_CACHE`` names, and ``<key>`` hashes the sources, the compiler flags, the compiler,
-the torch version and the platform. A later process finds the finished library there and loads it without
-running ninja or the compiler. Concurrent first builds are serialised by torch's lock file in that folder.
+folder ``$HUBERT_LIT_EXTENSION_CACHE`` names, and ``<key>`` hashes the sources, the compiler flags, the torch
+version, the Python tag and the machine type. A later process finds the finished library there (marked complete)
+and loads it without running ninja or a compiler; deleting the folder forces a rebuild. Concurrent first builds
+are serialised by torch's lock file in that folder.
 
 ``HUBERT_LIT_BINARY_KERNELS=0`` disables the extension (the pure-PyTorch fallback runs instead), and
 ``HUBERT_LIT_BINARY_ISA=avx2|generic`` starts the extension on a lower ISA than the best one the CPU supports.
@@ -76,7 +77,6 @@ def build_key() -> str:
     for part in (
         *CFLAGS,
         *LDFLAGS,
-        compiler(),
         torch.__version__,
         sys.implementation.cache_tag,
         platform.machine(),
