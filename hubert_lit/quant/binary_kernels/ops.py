@@ -15,6 +15,7 @@ Padding bits are zero in both operands, so they add nothing to either popcount.
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 
@@ -52,15 +53,12 @@ def _ops():
     return reference
 
 
-def _as_4d(x: Tensor) -> Tensor:
-    """View x as (b0, b1, rows, cols): b1 is the dimension just before the last two, b0 all the others."""
-    x = x.detach()
+def _packable(x: Tensor) -> Tensor:
+    """``x`` with at most 4 dims (further leading dims merged) and a contiguous last dim, as the kernels take it."""
     if x.dtype != torch.float32:
         raise TypeError(f"binary kernels pack float32 tensors, got {x.dtype}")
-    if x.dim() < 1:
+    if x.dim() == 0:
         raise ValueError("cannot pack a 0-d tensor")
-    while x.dim() < 4:
-        x = x.unsqueeze(0)
     if x.dim() > 4:
         x = x.flatten(0, x.dim() - 4)  # copies only when the leading dims cannot be merged
     if x.shape[-1] > 1 and x.stride(-1) != 1:
@@ -68,18 +66,21 @@ def _as_4d(x: Tensor) -> Tensor:
     return x
 
 
-def _shift_2d(shift: Tensor | None, x4: Tensor, length: int) -> Tensor | None:
+def _checked_shift(shift: Tensor | None, x: Tensor, length: int) -> Tensor | None:
+    """``shift`` if it is ``(length,)`` or ``(H, length)`` with ``H`` the size of ``x``'s dim -3 (or 1)."""
     if shift is None:
         return None
-    shift = shift.detach().to(torch.float32)
-    if shift.dim() == 1:
-        shift = shift.unsqueeze(0)
-    if shift.dim() != 2 or shift.shape[1] != length or shift.shape[0] not in (1, x4.shape[1]):
+    heads = x.shape[-3] if x.dim() >= 3 else 1
+    if (
+        shift.shape[-1:] != (length,)
+        or shift.dim() > 2
+        or (shift.dim() == 2 and shift.shape[0] not in (1, heads))
+    ):
         raise ValueError(
-            f"shift must be ({length},) or ({x4.shape[1]}, {length}) (one row per index of dim -3), "
+            f"shift must be ({length},) or ({heads}, {length}) (one row per index of dim -3), "
             f"got {tuple(shift.shape)}"
         )
-    return shift.contiguous()
+    return shift if shift.dtype == torch.float32 and shift.is_contiguous() else shift.float().contiguous()
 
 
 def unsigned_threshold(alpha: float | Tensor) -> float:
@@ -92,7 +93,12 @@ def unsigned_threshold(alpha: float | Tensor) -> float:
     a = torch.as_tensor(alpha, dtype=torch.float32).detach().reshape(-1)
     if a.numel() != 1:
         raise ValueError("alpha must be a single value")
-    a = a.clamp_min(MIN_ALPHA).reshape(())
+    return _threshold_of(float(a))
+
+
+@functools.lru_cache(maxsize=4096)
+def _threshold_of(alpha: float) -> float:
+    a = torch.tensor(alpha, dtype=torch.float32).clamp_min(MIN_ALPHA)
     # floats around a / 2, in order (positive floats order like their bit patterns)
     centre = (0.5 * a).view(torch.int32)
     candidates = (centre + torch.arange(-16, 17, dtype=torch.int32)).view(torch.float32)
@@ -103,10 +109,10 @@ def unsigned_threshold(alpha: float | Tensor) -> float:
 
 
 def _pack_rows(x: Tensor, shift: Tensor | None, threshold: float) -> BitRows:
-    x4 = _as_4d(x)
-    k = x4.shape[-1]
+    k = x.shape[-1]
     words = torch.empty((*x.shape[:-1], row_words(k)), dtype=torch.uint64)
-    _ops().pack_rows(x4, _shift_2d(shift, x4, k), threshold, False, words)
+    x = _packable(x)
+    _ops().pack_rows(x, _checked_shift(shift, x, k), threshold, False, words)
     return BitRows(words, k)
 
 
@@ -128,20 +134,20 @@ def pack_unsigned(x: Tensor, alpha: float | Tensor, shift: Tensor | None = None)
 def pack_signed_panels(x: Tensor, shift: Tensor | None = None) -> BitPanels:
     """Pack signed ``(..., n, k)`` as a right operand: row ``c`` of ``x`` becomes column ``c`` (the keys of
     ``q k^T``). ``shift`` as in :func:`pack_signed`. Batch dims: ``x.shape[:-2]``."""
-    x4 = _as_4d(x)
-    n, k = x4.shape[-2:]
+    n, k = x.shape[-2:]
     words = torch.zeros((*x.shape[:-2], panel_count(n), panel_words(k), PANEL), dtype=torch.uint32)
-    _ops().pack_rows(x4, _shift_2d(shift, x4, k), 0.0, True, words)
+    x = _packable(x)
+    _ops().pack_rows(x, _checked_shift(shift, x, k), 0.0, True, words)
     return BitPanels(words, k, n)
 
 
 def pack_signed_columns(x: Tensor, shift: Tensor | None = None) -> BitPanels:
     """Pack signed ``(..., k, n)`` as a right operand with the bits running down the rows: column ``c`` of ``x``
     is column ``c`` (the values of ``P V``). ``shift`` is ``(n,)`` or ``(H, n)`` (per index of dim -3)."""
-    x4 = _as_4d(x)
-    k, n = x4.shape[-2:]
+    k, n = x.shape[-2:]
     words = torch.empty((*x.shape[:-2], panel_count(n), panel_words(k), PANEL), dtype=torch.uint32)
-    _ops().pack_cols(x4, _shift_2d(shift, x4, n), 0.0, words)
+    x = _packable(x)
+    _ops().pack_cols(x, _checked_shift(shift, x, n), 0.0, words)
     return BitPanels(words, k, n)
 
 
@@ -166,9 +172,13 @@ def column_scale(alpha: float | Tensor, weight_scale: float | Tensor, n: int) ->
     return (a * w).expand(n).contiguous()
 
 
+def _is_ready(t: Tensor, n: int) -> bool:
+    return t.dtype == torch.float32 and t.dim() == 1 and t.numel() == n and t.is_contiguous()
+
+
 def _scale_vector(scale: float | Tensor | None, n: int) -> Tensor | None:
-    if scale is None:
-        return None
+    if scale is None or (isinstance(scale, Tensor) and _is_ready(scale, n)):
+        return scale
     s = torch.as_tensor(scale, dtype=torch.float32).detach().reshape(-1)
     if s.numel() not in (1, n):
         raise ValueError(f"scale must hold 1 or {n} values, got {s.numel()}")
@@ -176,8 +186,8 @@ def _scale_vector(scale: float | Tensor | None, n: int) -> Tensor | None:
 
 
 def _bias_vector(bias: Tensor | None, n: int) -> Tensor | None:
-    if bias is None:
-        return None
+    if bias is None or _is_ready(bias, n):
+        return bias
     if bias.numel() != n:
         raise ValueError(f"bias must hold {n} values, got {bias.numel()}")
     return bias.detach().to(torch.float32).reshape(n).contiguous()
@@ -186,13 +196,6 @@ def _bias_vector(bias: Tensor | None, n: int) -> Tensor | None:
 def _check_k(x: BitRows, w: BitPanels) -> None:
     if x.k != w.k:
         raise ValueError(f"operands have {x.k} and {w.k} bits per dot product")
-
-
-def _as_out4(out: Tensor) -> Tensor:
-    """View an output (..., m, n) as (b0, b1, m, n) without copying (raises if the leading dims cannot merge)."""
-    while out.dim() < 4:
-        out = out.unsqueeze(0)
-    return out.view(-1, *out.shape[-3:]) if out.dim() > 4 else out
 
 
 def _run_gemm(
@@ -204,7 +207,7 @@ def _run_gemm(
     out_shape: tuple[int, ...],
     out: Tensor | None,
 ) -> Tensor:
-    """``a``: (batches or 1, m, words) uint64 rows; returns ``out`` (allocated when None) of ``out_shape``."""
+    """``a``: the rows' words (1 or one batch per output batch); returns ``out`` (allocated when None)."""
     scale_vec, bias_vec = _scale_vector(scale, w.n), _bias_vector(bias, w.n)
     if bias_vec is not None and scale_vec is None:
         raise ValueError("a bias needs a scale")
@@ -213,7 +216,9 @@ def _run_gemm(
         out = torch.empty(out_shape, dtype=dtype)
     elif tuple(out.shape) != tuple(out_shape) or out.dtype != dtype:
         raise ValueError(f"out must be {dtype} {tuple(out_shape)}, got {out.dtype} {tuple(out.shape)}")
-    _ops().gemm(a, w.words, w.k, w.n, and_mode, scale_vec, bias_vec, _as_out4(out))
+    # the kernels take 2-D to 4-D outputs; view() raises rather than copy when more batch dims cannot merge
+    target = out.view(-1, *out.shape[-3:]) if out.dim() > 4 else out
+    _ops().gemm(a, w.words, w.k, w.n, and_mode, scale_vec, bias_vec, target)
     return out
 
 
@@ -224,9 +229,8 @@ def _gemm(x: BitRows, w: BitPanels, and_mode: bool, scale, bias) -> Tensor:
             "xnor_gemm/and_gemm take an unbatched right operand (a weight); use xnor_bmm/and_bmm"
         )
     lead = x.lead_shape
-    m = math.prod(lead)
-    a = x.words.reshape(1, m, x.words.shape[-1])
-    return _run_gemm(a, w, and_mode, scale, bias, (m, w.n), None).view(*lead, w.n)
+    out = _run_gemm(x.words, w, and_mode, scale, bias, (math.prod(lead), w.n), None)
+    return out.view(*lead, w.n) if len(lead) != 1 else out
 
 
 def _bmm(x: BitRows, w: BitPanels, and_mode: bool, scale, bias, out: Tensor | None) -> Tensor:
@@ -234,9 +238,7 @@ def _bmm(x: BitRows, w: BitPanels, and_mode: bool, scale, bias, out: Tensor | No
     batch = tuple(w.batch_shape)
     if tuple(x.lead_shape[:-1]) != batch:
         raise ValueError(f"batch shapes differ: rows {tuple(x.lead_shape[:-1])}, panels {batch}")
-    m = x.lead_shape[-1]
-    a = x.words.reshape(-1, m, x.words.shape[-1])
-    return _run_gemm(a, w, and_mode, scale, bias, (*batch, m, w.n), out)
+    return _run_gemm(x.words, w, and_mode, scale, bias, (*batch, x.lead_shape[-1], w.n), out)
 
 
 def xnor_gemm(x: BitRows, w: BitPanels, scale: float | Tensor | None, bias: Tensor | None = None) -> Tensor:

@@ -15,11 +15,18 @@ from hubert_lit.quant.binary_kernels.packed import PANEL, panel_count, panel_wor
 _SHIFTS = torch.arange(32, dtype=torch.int64)
 
 
+def _as_4d(t: Tensor) -> Tensor:
+    """A 1-D to 4-D tensor as (b0, b1, rows, cols), as the C++ operators read it."""
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+
+
 def decide(x: Tensor, shift: Tensor | None, threshold: float) -> Tensor:
     """The bit of every element of a (b0, b1, rows, k) tensor, ``x + shift >= threshold``; ``shift`` is
-    (1 or b1, k) or None."""
-    v = x if shift is None else x + shift[None, :, None, :]
-    return v >= threshold
+    (k,), (1 or b1, k) or None."""
+    if shift is None:
+        return x >= threshold
+    shift = shift.detach().reshape(-1, x.shape[-1])
+    return x + shift[None, :, None, :] >= threshold
 
 
 def _words(bits: Tensor) -> Tensor:
@@ -44,7 +51,7 @@ def _to_panels(bits: Tensor) -> Tensor:
 
 def pack_rows(x: Tensor, shift: Tensor | None, threshold: float, panels: bool, out: Tensor) -> None:
     """Fallback of ``torch.ops.hubert_lit_bits.pack_rows`` (see csrc/binary_kernels.h: PackRowsArgs)."""
-    bits = decide(x, shift, threshold).flatten(0, 1)  # (batches, rows, k)
+    bits = decide(_as_4d(x), shift, threshold).flatten(0, 1)  # (batches, rows, k)
     k = bits.shape[-1]
     if panels:
         result = _to_panels(bits)
@@ -56,7 +63,7 @@ def pack_rows(x: Tensor, shift: Tensor | None, threshold: float, panels: bool, o
 
 def pack_cols(x: Tensor, shift: Tensor | None, threshold: float, out: Tensor) -> None:
     """Fallback of ``torch.ops.hubert_lit_bits.pack_cols``: columns of a (b0, b1, k, n) tensor."""
-    bits = decide(x, shift, threshold).transpose(-1, -2).flatten(0, 1)  # (batches, n, k)
+    bits = decide(_as_4d(x), shift, threshold).transpose(-1, -2).flatten(0, 1)  # (batches, n, k)
     out.view(torch.int32).view(-1).copy_(_to_panels(bits).reshape(-1))
 
 
@@ -87,10 +94,11 @@ def gemm(
     bias: Tensor | None,
     out: Tensor,
 ) -> None:
-    """Fallback of ``torch.ops.hubert_lit_bits.gemm``: ``a`` (batches or 1, m, words), ``b`` panels, ``out``
-    (b0, b1, m, n)."""
-    m = a.shape[1]
-    rows = unpack_rows(a.reshape(a.shape[0], m, -1).view(torch.uint64), k).double()
+    """Fallback of ``torch.ops.hubert_lit_bits.gemm``: ``a`` rows words (1 or one batch per output batch),
+    ``b`` panels, ``out`` (..., m, n) with up to 2 batch dims."""
+    out = _as_4d(out) if out.dim() < 4 else out
+    m = out.shape[-2]
+    rows = unpack_rows(a.reshape(-1, m, row_words(k)), k).double()
     cols = unpack_panels(b.reshape(-1, panel_count(n), panel_words(k), PANEL), k, n).double()
     signed_cols = 2 * cols - 1
     dot = (rows if and_mode else 2 * rows - 1) @ signed_cols.transpose(-1, -2)  # exact integers

@@ -69,29 +69,45 @@ std::string set_isa(const std::string& name) {
               c10::Join(", ", supported_isas()));
 }
 
+int64_t byte_count(const at::Tensor& t) { return t.element_size() * t.numel(); }
+
 void check_words(const at::Tensor& t, int64_t words, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
   TORCH_CHECK(t.is_contiguous(), what, " must be contiguous");
-  TORCH_CHECK(t.element_size() * t.numel() == words * 4, what, " holds ", t.element_size() * t.numel(),
-              " bytes, expected ", words * 4);
+  TORCH_CHECK(byte_count(t) == words * 4, what, " holds ", byte_count(t), " bytes, expected ", words * 4);
 }
 
+// A 1-D to 4-D tensor's size and stride along dim d of its (b0, b1, rows, cols) view (missing leading dims: 1).
+int64_t size4(const at::Tensor& t, int d) {
+  const int64_t missing = 4 - t.dim();
+  return d < missing ? 1 : t.size(d - missing);
+}
+
+int64_t stride4(const at::Tensor& t, int d) {
+  const int64_t missing = 4 - t.dim();
+  return d < missing ? 0 : t.stride(d - missing);
+}
+
+// x viewed as (b0, b1, rows, cols); the Python wrappers merge any further leading dims.
 FloatView float_view(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4,
-              "binary kernels: expected a 4-D float32 CPU tensor, got ", x.scalar_type(), " of dim ", x.dim());
-  TORCH_CHECK(x.size(3) <= 1 || x.stride(3) == 1, "binary kernels: the last dimension must be contiguous");
-  return {x.const_data_ptr<float>(), x.size(1), x.stride(0), x.stride(1), x.stride(2)};
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 && x.dim() <= 4,
+              "binary kernels: expected a 1-D to 4-D float32 CPU tensor, got ", x.scalar_type(), " of dim ",
+              x.dim());
+  TORCH_CHECK(x.size(-1) <= 1 || x.stride(-1) == 1, "binary kernels: the last dimension must be contiguous");
+  return {x.const_data_ptr<float>(), size4(x, 1), stride4(x, 0), stride4(x, 1), stride4(x, 2)};
 }
 
-// (data, stride between b1 indices) of a (1 or b1, length) shift.
+// (data, stride between b1 indices) of a (length,) or (1 or b1, length) shift.
 std::pair<const float*, int64_t> shift_view(const std::optional<at::Tensor>& shift, int64_t b1, int64_t length) {
   if (!shift.has_value()) return {nullptr, 0};
   const at::Tensor& s = *shift;
-  TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kFloat && s.dim() == 2 && s.is_contiguous(),
-              "binary kernels: shift must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(s.size(1) == length && (s.size(0) == 1 || s.size(0) == b1), "binary kernels: shift of shape ",
-              s.sizes(), " does not fit ", b1, " x ", length);
-  return {s.const_data_ptr<float>(), s.size(0) == 1 ? 0 : length};
+  TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kFloat && (s.dim() == 1 || s.dim() == 2) &&
+                  s.is_contiguous(),
+              "binary kernels: shift must be a contiguous 1-D or 2-D float32 CPU tensor");
+  const int64_t rows = s.dim() == 1 ? 1 : s.size(0);
+  TORCH_CHECK(s.size(-1) == length && (rows == 1 || rows == b1), "binary kernels: shift must be (", length,
+              ",) or (", b1, ", ", length, ") (one row per index of dim -3), got ", s.sizes());
+  return {s.const_data_ptr<float>(), rows == 1 ? 0 : length};
 }
 
 Threshold threshold(double value) {
@@ -105,11 +121,11 @@ int64_t grain(int64_t unit_cost, int64_t target = 1 << 16) { return std::max<int
 void pack_rows(const at::Tensor& x, const std::optional<at::Tensor>& shift, double threshold_value,
                bool panels, at::Tensor& out) {
   const FloatView view = float_view(x);
-  const int64_t batches = x.size(0) * x.size(1), rows = x.size(2), k = x.size(3);
+  const int64_t batches = size4(x, 0) * size4(x, 1), rows = size4(x, 2), k = size4(x, 3);
   TORCH_CHECK(k > 0, "binary kernels: cannot pack rows of 0 bits");
   const int64_t words = panels ? batches * panel_count(rows) * words32(k) * kPanel : batches * rows * row_words32(k);
   check_words(out, words, "packed output");
-  const auto [shift_data, shift_stride] = shift_view(shift, x.size(1), k);
+  const auto [shift_data, shift_stride] = shift_view(shift, size4(x, 1), k);
   const PackRowsArgs args{view, rows, k, shift_data, shift_stride, threshold(threshold_value), panels,
                           static_cast<uint32_t*>(out.mutable_data_ptr())};
   const PackRowsFn fn = active_table()->pack_rows;
@@ -119,11 +135,11 @@ void pack_rows(const at::Tensor& x, const std::optional<at::Tensor>& shift, doub
 void pack_cols(const at::Tensor& x, const std::optional<at::Tensor>& shift, double threshold_value,
                at::Tensor& out) {
   const FloatView view = float_view(x);
-  const int64_t batches = x.size(0) * x.size(1), k = x.size(2), n = x.size(3);
+  const int64_t batches = size4(x, 0) * size4(x, 1), k = size4(x, 2), n = size4(x, 3);
   TORCH_CHECK(k > 0, "binary kernels: cannot pack columns of 0 bits");
   const int64_t units = batches * panel_count(n) * words32(k);
   check_words(out, units * kPanel, "packed output");
-  const auto [shift_data, shift_stride] = shift_view(shift, x.size(1), n);
+  const auto [shift_data, shift_stride] = shift_view(shift, size4(x, 1), n);
   const PackColsArgs args{view, k, n, shift_data, shift_stride, threshold(threshold_value),
                           static_cast<uint32_t*>(out.mutable_data_ptr())};
   const PackColsFn fn = active_table()->pack_cols;
@@ -132,50 +148,51 @@ void pack_cols(const at::Tensor& x, const std::optional<at::Tensor>& shift, doub
 
 constexpr int64_t kRowsPerUnit = 12;  // a multiple of every kernel's register-tile height (4 and 3)
 
+void check_vector(const std::optional<at::Tensor>& t, int64_t n) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n,
+              "binary kernels: scale and bias must be contiguous float32 CPU tensors of ", n, " values");
+}
+
+// a: rows words of (1 or b0 * b1) batches of m rows (any shape); b: panels of 1 or b0 * b1 batches; out: 2-D to
+// 4-D (b0, b1, m, n), any strides but a contiguous last dim.
 void gemm(const at::Tensor& a, const at::Tensor& b, int64_t k, int64_t n, bool and_mode,
           const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias, at::Tensor& out) {
   TORCH_CHECK(k > 0 && n > 0, "binary kernels: k and n must be positive");
-  TORCH_CHECK(a.dim() == 3, "binary kernels: the rows operand must be (batches, m, words)");
-  const int64_t batches_a = a.size(0), m = a.size(1);
-  TORCH_CHECK(out.dim() == 4 && out.size(2) == m && out.size(3) == n && out.device().is_cpu(),
-              "binary kernels: out must be a (b0, b1, m, n) CPU tensor");
-  TORCH_CHECK(out.size(3) <= 1 || out.stride(3) == 1, "binary kernels: out's last dimension must be contiguous");
-  const int64_t batches = out.size(0) * out.size(1);
-  TORCH_CHECK(batches_a == batches || batches_a == 1, "binary kernels: ", batches_a, " row batches for ", batches,
-              " outputs");
-  check_words(a, batches_a * m * row_words32(k), "rows operand");
-  const int64_t panel_words = panel_count(n) * words32(k) * kPanel;
-  TORCH_CHECK(b.numel() * b.element_size() == panel_words * 4 * batches ||
-                  b.numel() * b.element_size() == panel_words * 4,
-              "binary kernels: the panels operand does not hold ", n, " columns of ", k, " bits");
-  check_words(b, b.numel() * b.element_size() / 4, "panels operand");
-  const bool shared_b = b.numel() * b.element_size() == panel_words * 4 && batches > 1;
-  for (const auto* vec : {&scale, &bias}) {
-    if (vec->has_value()) {
-      const at::Tensor& t = **vec;
-      TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n,
-                  "binary kernels: scale and bias must be contiguous float32 CPU tensors of ", n, " values");
-    }
-  }
+  TORCH_CHECK(out.device().is_cpu() && out.dim() >= 2 && out.dim() <= 4 && out.size(-1) == n,
+              "binary kernels: out must be a 2-D to 4-D (..., m, ", n, ") CPU tensor");
+  TORCH_CHECK(n <= 1 || out.stride(-1) == 1, "binary kernels: out's last dimension must be contiguous");
   TORCH_CHECK(scale.has_value() || !bias.has_value(), "binary kernels: a bias needs a scale");
   TORCH_CHECK(out.scalar_type() == (scale.has_value() ? at::kFloat : at::kInt),
               "binary kernels: out must be float32 with a scale, int32 without");
-  GemmArgs args{static_cast<const uint32_t*>(a.const_data_ptr()),
-                batches_a == 1 ? 0 : m * row_words32(k),
-                static_cast<const uint32_t*>(b.const_data_ptr()),
-                shared_b ? 0 : panel_words,
-                out.size(1),
-                m,
-                n,
-                k,
-                and_mode,
-                scale.has_value() ? scale->const_data_ptr<float>() : nullptr,
-                bias.has_value() ? bias->const_data_ptr<float>() : nullptr,
-                scale.has_value() ? out.mutable_data_ptr<float>() : nullptr,
-                scale.has_value() ? nullptr : out.mutable_data_ptr<int32_t>(),
-                out.stride(0),
-                out.stride(1),
-                out.stride(2)};
+  check_vector(scale, n);
+  check_vector(bias, n);
+  const int64_t m = out.size(-2), batches = size4(out, 0) * size4(out, 1);
+  const int64_t a_words = m * row_words32(k), b_words = panel_count(n) * words32(k) * kPanel;
+  TORCH_CHECK(byte_count(a) == 4 * a_words * batches || byte_count(a) == 4 * a_words,
+              "binary kernels: the rows operand does not hold 1 or ", batches, " batches of ", m, " rows of ", k,
+              " bits");
+  TORCH_CHECK(byte_count(b) == 4 * b_words * batches || byte_count(b) == 4 * b_words,
+              "binary kernels: the panels operand does not hold 1 or ", batches, " batches of ", n,
+              " columns of ", k, " bits");
+  check_words(a, byte_count(a) / 4, "rows operand");
+  check_words(b, byte_count(b) / 4, "panels operand");
+  const GemmArgs args{static_cast<const uint32_t*>(a.const_data_ptr()),
+                      byte_count(a) == 4 * a_words ? 0 : a_words,
+                      static_cast<const uint32_t*>(b.const_data_ptr()),
+                      byte_count(b) == 4 * b_words ? 0 : b_words,
+                      size4(out, 1),
+                      m,
+                      n,
+                      k,
+                      and_mode,
+                      scale.has_value() ? scale->const_data_ptr<float>() : nullptr,
+                      bias.has_value() ? bias->const_data_ptr<float>() : nullptr,
+                      scale.has_value() ? out.mutable_data_ptr<float>() : nullptr,
+                      scale.has_value() ? nullptr : out.mutable_data_ptr<int32_t>(),
+                      stride4(out, 0),
+                      stride4(out, 1),
+                      stride4(out, 2)};
   const GemmFn fn = active_table()->gemm;
   const int64_t units_per_batch = (m + kRowsPerUnit - 1) / kRowsPerUnit;
   const int64_t unit_cost = kRowsPerUnit * n * words32(k) * 32;
