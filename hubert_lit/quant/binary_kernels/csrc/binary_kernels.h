@@ -15,6 +15,9 @@
 namespace hubert_lit_bits {
 
 constexpr int64_t kPanel = 16;  // columns per panel: one 512-bit vector of uint32 words
+// Rows per cache block of the GEMMs: a block's output rows (<= 48 x n floats) stay in L2 while the panels are
+// swept, and a panel block stays in L1 across the block's rows.
+constexpr int64_t kRowBlock = 48;
 
 inline int64_t words32(int64_t k) { return (k + 31) / 32; }
 inline int64_t row_words32(int64_t k) { return 2 * ((k + 63) / 64); }

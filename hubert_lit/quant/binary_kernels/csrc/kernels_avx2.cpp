@@ -173,22 +173,25 @@ HLB_TARGET void gemm_rows(const GemmArgs& g, int64_t batch, int64_t r0, int64_t 
     for (int64_t j = 0; j < kd; ++j) count += __builtin_popcount(a[r * lda + j]);
     rowpop[r - r0] = count;
   }
-  for (int64_t p = 0; p < panels; ++p) {
-    for (int64_t r = r0; r < r1; r += kRows) {
-      const int64_t o = out_offset + r * g.out_stride_row;
-      const Tile t{a + r * lda,
-                   lda,
-                   b + p * kd * kPanel,
-                   kd,
-                   AND ? rowpop.data() + (r - r0) : nullptr,
-                   p * kPanel,
-                   g.out_f ? g.out_f + o : nullptr,
-                   g.out_i ? g.out_i + o : nullptr,
-                   g.out_stride_row};
-      switch (min64(kRows, r1 - r)) {
-        case 3: gemm_tile<3, AND>(g, t); break;
-        case 2: gemm_tile<2, AND>(g, t); break;
-        default: gemm_tile<1, AND>(g, t); break;
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = min64(r1, rb + kRowBlock);
+    for (int64_t p = 0; p < panels; ++p) {
+      for (int64_t r = rb; r < re; r += kRows) {
+        const int64_t o = out_offset + r * g.out_stride_row;
+        const Tile t{a + r * lda,
+                     lda,
+                     b + p * kd * kPanel,
+                     kd,
+                     AND ? rowpop.data() + (r - r0) : nullptr,
+                     p * kPanel,
+                     g.out_f ? g.out_f + o : nullptr,
+                     g.out_i ? g.out_i + o : nullptr,
+                     g.out_stride_row};
+        switch (min64(kRows, re - r)) {
+          case 3: gemm_tile<3, AND>(g, t); break;
+          case 2: gemm_tile<2, AND>(g, t); break;
+          default: gemm_tile<1, AND>(g, t); break;
+        }
       }
     }
   }

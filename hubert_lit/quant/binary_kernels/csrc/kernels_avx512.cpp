@@ -152,25 +152,27 @@ HLB_TARGET void gemm_rows(const GemmArgs& g, int64_t batch, int64_t r0, int64_t 
     for (int64_t j = 0; j < kd; ++j) count += __builtin_popcount(a[r * lda + j]);
     rowpop[r - r0] = count;
   }
-  // Panel blocks outside, rows inside: the block's panels (<= 4 * kd * 64 bytes) stay in L1 across the rows.
-  for (int64_t p = 0; p < panels; p += kPanels) {
-    const int64_t block = min64(kPanels, panels - p);
-    for (int64_t r = r0; r < r1; r += kRows) {
-      const int64_t o = out_offset + r * g.out_stride_row;
-      const Tile t{a + r * lda,
-                   lda,
-                   b + p * kd * kPanel,
-                   kd,
-                   AND ? rowpop.data() + (r - r0) : nullptr,
-                   p * kPanel,
-                   g.out_f ? g.out_f + o : nullptr,
-                   g.out_i ? g.out_i + o : nullptr,
-                   g.out_stride_row};
-      switch (min64(kRows, r1 - r)) {
-        case 4: gemm_tile_rows<4, AND>(g, t, block); break;
-        case 3: gemm_tile_rows<3, AND>(g, t, block); break;
-        case 2: gemm_tile_rows<2, AND>(g, t, block); break;
-        default: gemm_tile_rows<1, AND>(g, t, block); break;
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = min64(r1, rb + kRowBlock);
+    for (int64_t p = 0; p < panels; p += kPanels) {
+      const int64_t block = min64(kPanels, panels - p);
+      for (int64_t r = rb; r < re; r += kRows) {
+        const int64_t o = out_offset + r * g.out_stride_row;
+        const Tile t{a + r * lda,
+                     lda,
+                     b + p * kd * kPanel,
+                     kd,
+                     AND ? rowpop.data() + (r - r0) : nullptr,
+                     p * kPanel,
+                     g.out_f ? g.out_f + o : nullptr,
+                     g.out_i ? g.out_i + o : nullptr,
+                     g.out_stride_row};
+        switch (min64(kRows, re - r)) {
+          case 4: gemm_tile_rows<4, AND>(g, t, block); break;
+          case 3: gemm_tile_rows<3, AND>(g, t, block); break;
+          case 2: gemm_tile_rows<2, AND>(g, t, block); break;
+          default: gemm_tile_rows<1, AND>(g, t, block); break;
+        }
       }
     }
   }

@@ -102,19 +102,22 @@ void gemm_rows(const GemmArgs& g, int64_t batch, int64_t r0, int64_t r1) {
     for (int64_t j = 0; j < kd; ++j) count += popcount32(a[r * lda + j]);
     rowpop[r - r0] = count;
   }
-  for (int64_t p = 0; p < panels; ++p) {
-    for (int64_t r = r0; r < r1; r += kRows) {
-      const uint32_t* ar = a + r * lda;
-      const uint32_t* bp = b + p * kd * kPanel;
-      const int32_t* pop = AND ? rowpop.data() + (r - r0) : nullptr;
-      const int64_t o = out_offset + r * g.out_stride_row;
-      float* of = g.out_f ? g.out_f + o : nullptr;
-      int32_t* oi = g.out_i ? g.out_i + o : nullptr;
-      switch (min64(kRows, r1 - r)) {
-        case 4: gemm_tile<4, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
-        case 3: gemm_tile<3, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
-        case 2: gemm_tile<2, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
-        default: gemm_tile<1, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = min64(r1, rb + kRowBlock);
+    for (int64_t p = 0; p < panels; ++p) {
+      for (int64_t r = rb; r < re; r += kRows) {
+        const uint32_t* ar = a + r * lda;
+        const uint32_t* bp = b + p * kd * kPanel;
+        const int32_t* pop = AND ? rowpop.data() + (r - r0) : nullptr;
+        const int64_t o = out_offset + r * g.out_stride_row;
+        float* of = g.out_f ? g.out_f + o : nullptr;
+        int32_t* oi = g.out_i ? g.out_i + o : nullptr;
+        switch (min64(kRows, re - r)) {
+          case 4: gemm_tile<4, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
+          case 3: gemm_tile<3, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
+          case 2: gemm_tile<2, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
+          default: gemm_tile<1, AND>(g, ar, lda, bp, kd, pop, p * kPanel, of, oi, g.out_stride_row); break;
+        }
       }
     }
   }
