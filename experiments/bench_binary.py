@@ -41,10 +41,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def best_time(
-    fns: dict[str, Callable[[], object]], samples: int, min_sample_s: float = 2e-3
+    fns: dict[str, Callable[[], object]], samples: int, min_sample_s: float = 2e-4
 ) -> dict[str, float]:
     """Seconds per call of each function: the fastest of ``samples`` samples, taken in turn (so that load from
-    other processes hits all of them alike); each sample repeats the call until it lasts ``min_sample_s``."""
+    other processes hits all of them alike); each sample repeats the call until it lasts ``min_sample_s``. Many
+    short samples: on a shared machine a multi-threaded call that loses a core for a time slice comes several
+    milliseconds late, and the best sample is one that was not interrupted."""
     calls = {}
     for name, fn in fns.items():
         fn()
@@ -235,17 +237,20 @@ def gemm_report(args: argparse.Namespace) -> str:
     operands = {gemm: _operands(gemm, gen) for gemm in shapes}
     default_threads = torch.get_num_threads()
     times: dict[tuple[Gemm, int], dict[str, float]] = {}
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for gemm in shapes:
-            fp32, binary, pack = operands[gemm]
-            times[gemm, threads] = best_time({"fp32": fp32, "binary": binary, "pack": pack}, args.samples)
-            t = times[gemm, threads]
-            print(
-                f"{threads} thread(s) {gemm.op} {_shape_text(gemm)}{gemm.m}x{gemm.k}x{gemm.n}: "
-                f"fp32 {t['fp32'] * 1e3:.3f} ms, binary {t['binary'] * 1e3:.3f} ms, x{t['fp32'] / t['binary']:.1f}",
-                file=sys.stderr,
-            )
+    for _ in range(args.rounds):  # rounds spread the samples of each shape over a longer time
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for gemm in shapes:
+                fp32, binary, pack = operands[gemm]
+                new = best_time({"fp32": fp32, "binary": binary, "pack": pack}, args.samples)
+                old = times.get((gemm, threads), new)
+                t = times[gemm, threads] = {key: min(old[key], new[key]) for key in new}
+                print(
+                    f"{threads} thread(s) {gemm.op} {_shape_text(gemm)}{gemm.m}x{gemm.k}x{gemm.n}: "
+                    f"fp32 {t['fp32'] * 1e3:.3f} ms, binary {t['binary'] * 1e3:.3f} ms, "
+                    f"x{t['fp32'] / t['binary']:.1f}",
+                    file=sys.stderr,
+                )
     torch.set_num_threads(default_threads)
 
     lines = [
@@ -255,7 +260,7 @@ def gemm_report(args: argparse.Namespace) -> str:
         "H x for the per-head attention products. fp32 = `torch.matmul` (float32, the same thread count); binary "
         "= the popcount GEMM with its fused scale/bias epilogue on packed operands (weights packed at load); "
         "pack = packing the activations of one call (for attention both operands). Best of "
-        f"{args.samples} interleaved samples. **Preliminary**: measured on a shared machine ({machine_line()}).",
+        f"{args.samples} interleaved samples in each of {args.rounds} round(s). **Preliminary**: measured on a shared machine ({machine_line()}).",
         "",
     ]
     for threads in args.threads:
@@ -323,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)"
     )
     parser.add_argument(
-        "--samples", type=int, default=7, help="timed samples per measurement; the best is kept"
+        "--samples", type=int, default=25, help="timed samples per measurement; the best is kept"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="passes over all shapes; the best of all is kept (default 1)"
     )
     parser.add_argument(
         "--output", type=Path, default=None, help="markdown file (default results/<mode file>)"
