@@ -144,7 +144,9 @@ def _load() -> LoadResult:
         key = build_key()
         build_dir = cache_root() / key
         name = _library_name(key)
-        library = build_dir / f"{name}.so"
+        library = build_dir / (
+            name + (".pyd" if sys.platform == "win32" else ".so")
+        )  # cpp_extension's suffix
         done = build_dir / "complete"
         compiled = False
         if library.exists() and done.exists():
