@@ -19,3 +19,12 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def binary_kernels():
+    """The binary-kernel extension, loaded once per session: the first use in a fresh cache compiles it (the
+    only test that pays for the build); later tests and later sessions reuse the cached library."""
+    from hubert_lit.quant.binary_kernels import extension
+
+    return extension.load()
