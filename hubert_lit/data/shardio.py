@@ -18,6 +18,7 @@ pipelines (decode ``.flac`` with :func:`decode_flac`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -112,10 +113,13 @@ class ShardIndex:
 
     def shard(self, name: str) -> ShardInfo:
         """The shard called ``name`` (file stem); ``KeyError`` naming the folder if there is none."""
-        for s in self.shards:
-            if s.name == name:
-                return s
-        raise KeyError(f"{self.location.describe(INDEX_FILE)}: no shard named {name!r}")
+        if name not in self._by_name:
+            raise KeyError(f"{self.location.describe(INDEX_FILE)}: no shard named {name!r}")
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, ShardInfo]:
+        return {s.name: s for s in self.shards}
 
     def shard_where(self, name: str) -> str:
         """Path or URL of the tar file of shard ``name``, for messages."""
@@ -143,10 +147,17 @@ class ShardIndex:
             raise ShardReadError(f"{where}: cannot be opened ({err})") from err
         return iter_shard(source, decode=decode, start=start, keep=keep, name=where)
 
+    @functools.cached_property
+    def _by_shard(self) -> dict[str, list[UtteranceInfo]]:
+        by_shard: dict[str, list[UtteranceInfo]] = {s.name: [] for s in self.shards}
+        for u in self.utterances:
+            by_shard[u.shard].append(u)
+        return by_shard
+
     def utterances_in(self, name: str) -> list[UtteranceInfo]:
         """The utterances of shard ``name``, in tar order."""
         self.shard(name)
-        return [u for u in self.utterances if u.shard == name]
+        return list(self._by_shard[name])
 
 
 class Sample(NamedTuple):
