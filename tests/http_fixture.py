@@ -66,7 +66,7 @@ class ShardServer(http.server.ThreadingHTTPServer):
         self.drop_after = 3000
         self.fail: set[str] = set()
         self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     @property

@@ -230,3 +230,17 @@ def test_fsspec_locations_and_the_extra_they_need(corpus):
             load_index("s3://bucket/shards")
     with pytest.raises(LocationError, match="unknown protocol"):
         load_index("nosuchproto://bucket/shards")
+
+
+def test_a_remote_labels_file_missing_stops_one_failing_is_skipped(corpus, server):
+    (server.folder / "labels" / "shard-000001.labels.npz").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"labels file for shard .shard-000001. not found: http:.*/labels/"
+    ):
+        epoch(loader(f"{server.url}/shards", f"{server.url}/labels"))
+    server.fail.add("labels/shard-000001.labels.npz")
+    dl = loader(f"{server.url}/shards", f"{server.url}/labels")
+    with pytest.warns(ShardDecodeWarning, match=r"labels file could not be downloaded.*HTTP Error 500"):
+        got = epoch(dl)
+    lost = {u.id for u in load_index(corpus / "shards").utterances_in("shard-000001")}
+    assert sum(b["skipped"] for b in got) == len(lost) and not lost & {u for b in got for u in b["ids"]}

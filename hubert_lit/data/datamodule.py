@@ -218,15 +218,19 @@ class ShardDataModule(pl.LightningDataModule):
     """HuBERT pretraining data from shard folders (``python -m hubert_lit shard``) and label folders
     (``python -m hubert_lit label``).
 
-    Batches are dicts with ``waveforms`` (B, L) float32, ``lengths`` (B,) int64, ``ids`` and, when labels are
-    configured, ``labels`` (B, T) int64 at 50 Hz (padding -100).
+    Batches are dicts with ``waveforms`` (B, L) float32, ``lengths`` (B,) int64, ``ids``, ``skipped`` (int: the
+    utterances planned for the batch that could not be read and were left out) and, when labels are configured,
+    ``labels`` (B, T) int64 at 50 Hz (padding -100). B is 0 when every planned utterance of a batch was left out.
 
-    Training: the shard order is shuffled by ``(seed, epoch)`` before the split by rank and worker; batches
-    are planned from ``index.json`` so every rank yields the same number of batches (the few batches that do
-    not divide evenly among ranks are dropped and reported each epoch); crops use random offsets seeded by
-    ``(seed, epoch, batch)`` so a resumed run sees exactly the batches of an uninterrupted one. Validation and
-    test: index order, offset-0 crops, padding (``pad`` is ignored), every utterance exactly once across
-    ranks.
+    Training: the shard order is shuffled by ``(seed, epoch)``; batches are planned from ``index.json`` into one
+    sequence of global batches per epoch, of which rank r of W takes every W-th from the r-th, so every rank
+    yields the same number of batches (the few that do not fill a last step of W batches are dropped and
+    reported each epoch); crops use random offsets seeded by ``(seed, epoch, batch)``, so a run resumed with any
+    number of ranks and workers sees exactly the batches of an uninterrupted one (module docs). Validation and
+    test: index order, offset-0 crops, padding (``pad`` is ignored), every utterance exactly once across ranks.
+
+    Shard and label folders may be local folders, ``http(s)://`` or fsspec URLs (``s3://``, ``gs://`` with the
+    matching extra installed) or ``pipe:`` command templates (:mod:`hubert_lit.data.locations`).
 
     Args:
         train_shards: shard folder for training.

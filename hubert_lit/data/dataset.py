@@ -141,6 +141,8 @@ class _LabelStore:
         self._shard, self._labels, self.error = shard, {}, None
         try:
             self._labels = self.folder.shard_labels(shard)
+        except FileNotFoundError:
+            raise  # a labels folder without this shard's file is a configuration error, not a network one
         except FetchError as err:
             self.error = f"its labels file could not be downloaded ({err})"
 
