@@ -445,7 +445,12 @@ class ShardDataModule(pl.LightningDataModule):
             rank_zero_info(
                 f"train epoch {epoch} resumed at global batch {start} of {total}: {ds.pass_length(start)} more "
                 f"batches per rank x {ds.world_size} rank(s)"
-                + (f"; the last {left_out} batches do not fill a step and are left out" if left_out else "")
+                + (
+                    f"; the last {left_out} batch{'es do' if left_out > 1 else ' does'} not fill a step and "
+                    f"{'are' if left_out > 1 else 'is'} left out"
+                    if left_out
+                    else ""
+                )
             )
         elif epoch > 0:
             stats = ds.epoch_stats(epoch)
