@@ -122,7 +122,7 @@ class ShardLoader(DataLoader):
             return max(base, self._pass.steps_before + self._pass.length)
         done = self._steps_fn() if self._steps_fn is not None else 0
         if done > 0:  # about to be restored (see the class docs): an upper bound of what the state can need
-            total = len(self.dataset.global_batches(self.dataset.epoch))
+            total = self.dataset.num_global_batches
             return max(base, done + (total - done) // self.dataset.world_size)
         return base
 

@@ -295,9 +295,16 @@ class ShardBatchDataset(IterableDataset):
             return rank_share(batches, self.rank, self.world_size, start)
         return batches[start + self.rank :: self.world_size]
 
+    @property
+    def num_global_batches(self) -> int:
+        """Global batches per epoch, all ranks together (the same every epoch)."""
+        if not self._plans:
+            self._plan(self._epoch)
+        return len(next(iter(self._plans.values()))[1])
+
     def pass_length(self, start: int) -> int:
         """Batches this rank delivers in a pass from global position ``start`` (the same in every epoch)."""
-        total = len(self.global_batches(self._epoch))
+        total = self.num_global_batches
         if self.train:
             return max(0, total - start) // self.world_size
         return len(range(start + self.rank, total, self.world_size))
