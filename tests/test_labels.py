@@ -502,3 +502,16 @@ def test_resume_checks_the_recorded_fit(corpus, mfcc_run, tmp_path, capsys):
     assert "is not the one" in capsys.readouterr().err
     assert label_tool.main([*argv, "--overwrite"]) == 2
     assert "exclude each other" in capsys.readouterr().err
+    # a folder labelled with the centroids of another one records them too
+    reused = [
+        "--shards",
+        str(corpus),
+        "--out",
+        str(tmp_path / "reused"),
+        "--centroids",
+        str(mfcc_run),
+        "--no-progress",
+    ]
+    assert label_tool.main(reused) == 0
+    assert label_tool.main([*reused, "--resume"]) == 0
+    assert "is complete; nothing to do" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import sys
 import time
 from collections.abc import Iterable
@@ -572,11 +573,17 @@ def _prepare(out_dir: Path, resume: bool, requested: dict[str, Any], index: Shar
     return _Start(centroids, dict(meta["kmeans"]), done)
 
 
+def _npy_bytes(centroids: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, centroids)
+    return buffer.getvalue()
+
+
 def _save_centroids(out_dir: Path, centroids: np.ndarray) -> str:
-    """Write ``centroids.npy`` atomically; its SHA-256."""
-    path = out_dir / CENTROIDS_FILE
-    atomic_write(path, lambda f: np.save(f, centroids))
-    return file_sha256(path)
+    """Write ``centroids.npy`` atomically; the SHA-256 of the file."""
+    data = _npy_bytes(centroids)
+    atomic_write(out_dir / CENTROIDS_FILE, lambda f: f.write(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fit(
@@ -653,7 +660,7 @@ def _run(
         centroids_from = str(source_dir.resolve())
         requested["kmeans"] = {
             "centroids_from": centroids_from,
-            "centroids_sha256": file_sha256(source_dir / CENTROIDS_FILE),
+            "centroids_sha256": hashlib.sha256(_npy_bytes(source[0])).hexdigest(),
         }
     else:
         requested["kmeans"] = {k: getattr(kmeans, k) for k in FIT_OPTION_KEYS}
