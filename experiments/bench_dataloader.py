@@ -1,16 +1,22 @@
 """Benchmark: throughput of the training data pipeline (tar read + FLAC decode + crop + collate + labels).
 
 Runs full training epochs of :class:`hubert_lit.data.ShardDataModule`'s loader over a shard folder and
-reports, for each worker count, audio seconds decoded per wall-clock second and per worker (the main process
-counts as the one worker when ``--workers 0``), audio seconds delivered in batches (after crop-to-shortest),
-audio seconds decoded per CPU second of all processes (main + workers; unlike wall-clock rates it does not
-depend on what else the machine is running) and how much audio cropping kept. Without ``--shards`` it uses the
-demo corpus's shards (``data/demo/shards/train``) when present, else a synthetic shard folder written to a
-temporary directory.
+reports, for each source and worker count, audio seconds decoded per wall-clock second and per worker (the main
+process counts as the one worker when ``--workers 0``), audio seconds delivered in batches (after
+crop-to-shortest), audio seconds decoded per CPU second of the loader's processes (main + workers; unlike
+wall-clock rates it does not depend on what else the machine is running) and how much audio cropping kept.
+
+Sources (``--sources``): ``local`` reads the tars from the disk; ``http`` reads the same folder from a web server
+on 127.0.0.1 (``python -m http.server`` in its own process, whose CPU time is not counted), streaming every tar
+through the resuming HTTP reader with no cache, so the two rows of a worker count compare the network path with
+local files in the same run. Without ``--shards`` it uses the demo corpus's shards (``data/demo/shards/train``)
+when present, else a synthetic shard folder written to a temporary directory.
 
     python experiments/bench_dataloader.py [--shards DIR] [--labels DIR] [--workers 0 2] [--epochs 2]
+    python experiments/bench_dataloader.py --synthetic --synthetic-utterances 40 --epochs 1 --workers 0 1 \
+        --out /tmp/bench_dataloader       # a quick check that it runs
 
-Writes experiments/results/bench_dataloader.{md,json}.
+Writes experiments/results/bench_dataloader.{md,json} (or ``--out``).
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ import json
 import os
 import platform
 import resource
+import socket
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[0, 2],
         help="DataLoader worker counts to measure (default: 0 2)",
+    )
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        choices=("local", "http"),
+        default=["local", "http"],
+        help="read the shards from the disk and/or from a web server on 127.0.0.1 (default: local http)",
     )
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement (default: 2)")
     parser.add_argument(
@@ -143,9 +160,33 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def measure(args: argparse.Namespace, shards: Path, workers: int) -> dict:
+@contextmanager
+def http_server(folder: Path):
+    """``python -m http.server`` serving ``folder`` on 127.0.0.1 in its own process; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/index.json", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"the web server on port {port} did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def measure(args: argparse.Namespace, shards: str, workers: int, source: str = "local") -> dict:
     dm = ShardDataModule(
-        train_shards=str(shards),
+        train_shards=shards,
         train_labels=None if args.labels is None else str(args.labels),
         max_batch_seconds=args.max_batch_seconds,
         max_sample_size=args.max_sample_size,
@@ -171,6 +212,7 @@ def measure(args: argparse.Namespace, shards: Path, workers: int) -> dict:
     cpu = _cpu_seconds() - cpu_start
     procs = max(workers, 1)
     return {
+        "source": source,
         "workers": workers,
         "epochs": args.epochs,
         "batches": batches,
@@ -194,16 +236,25 @@ def to_markdown(info: dict, rows: list[dict]) -> str:
         f"{info['labels']}; max_batch_seconds {info['max_batch_seconds']}, pad {info['pad']}, "
         f"sort_window {info['sort_window']}; {info['machine']}.",
         "",
-        "| workers | batches | wall s | decoded audio s / s | per worker | batched audio s / s / worker "
+        "| source | workers | batches | wall s | decoded audio s / s | per worker | batched audio s / s / worker "
         "| decoded audio s / CPU s | audio kept by crop |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['workers']} | {r['batches']} | {r['wall_s']:.2f} | {r['decoded_audio_s_per_s']:.0f} | "
+            f"| {r['source']} | {r['workers']} | {r['batches']} | {r['wall_s']:.2f} | "
+            f"{r['decoded_audio_s_per_s']:.0f} | "
             f"{r['decoded_audio_s_per_s_per_worker']:.0f} | {r['batched_audio_s_per_s_per_worker']:.0f} | "
             f"{r['decoded_audio_s_per_cpu_s']:.0f} | {100 * r['crop_kept']:.1f} % |"
         )
+    local = {r["workers"]: r for r in rows if r["source"] == "local"}
+    pairs = [(r, local[r["workers"]]) for r in rows if r["source"] == "http" and r["workers"] in local]
+    if pairs:
+        lines += ["", "HTTP (loopback, no cache) against local files, decoded audio per second per worker:"]
+        lines += [
+            f"- {h['workers']} workers: {h['decoded_audio_s_per_s_per_worker'] / loc['decoded_audio_s_per_s_per_worker']:.2f}x"
+            for h, loc in pairs
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -235,15 +286,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
     }
     rows = []
-    for workers in args.workers:
-        rows.append(measure(args, shards, workers))
-        r = rows[-1]
-        print(
-            f"workers={workers}: {r['decoded_audio_s_per_s_per_worker']:.0f} audio s decoded per s per "
-            f"worker, {r['batched_audio_s_per_s_per_worker']:.0f} batched ({r['batches']} batches, "
-            f"{r['wall_s']:.2f} s)",
-            flush=True,
-        )
+    for source in args.sources:
+        with http_server(shards) if source == "http" else nullcontext(str(shards)) as location:
+            for workers in args.workers:
+                rows.append(measure(args, location, workers, source))
+                r = rows[-1]
+                print(
+                    f"{source} workers={workers}: {r['decoded_audio_s_per_s_per_worker']:.0f} audio s decoded per "
+                    f"s per worker, {r['batched_audio_s_per_s_per_worker']:.0f} batched ({r['batches']} batches, "
+                    f"{r['wall_s']:.2f} s)",
+                    flush=True,
+                )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"info": info, "results": rows}, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(to_markdown(info, rows))

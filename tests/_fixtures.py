@@ -198,3 +198,23 @@ class SlowSteps(pl.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class RecordBatches(pl.Callback):
+    """Append ``{"step", "rank", "world_size", "ids"}`` of every training batch to ``<out_dir>/batches.jsonl``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import json
+
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        record = {
+            "step": trainer.global_step,
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "ids": list(batch["ids"]),
+        }
+        with open(Path(self.out_dir) / f"batches.rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")

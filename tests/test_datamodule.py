@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from shard_fixture import crop_offset, write_shards
 
 from hubert_lit.data import ShardDataModule
-from hubert_lit.data.batching import BatchBudget, Crop, crop_labels, interleave_workers, split_for_worker
+from hubert_lit.data.batching import BatchBudget, Crop, crop_labels, split_for_worker
 from hubert_lit.data.datamodule import ShardLoader
 from hubert_lit.data.dataset import ShardBatchDataset, ShardDecodeWarning
 from hubert_lit.data.label_files import (
@@ -183,8 +183,8 @@ def test_resume_mid_epoch_replays_the_remaining_batches(corpus, workers):
     reference = loader()
     full = as_lists(reference)
     assert len(full) == len(reference) >= 5
-    # the loader takes one batch from each worker in turn
-    planned = interleave_workers(reference.dataset.rank_batches(0), max(workers, 1))
+    # the loader takes one batch from each worker in turn, and the workers take every n-th batch: plan order
+    planned = reference.dataset.rank_batches(0)
     assert [b[0] for b in full] == [[u.id for u in p.rows] for p in planned]
     interrupted = loader()
     it = iter(interrupted)
@@ -253,7 +253,8 @@ def test_datamodule_builds_contract_batches(corpus):
     epoch0 = list(train)
     assert len(epoch0) == len(train)
     batch = epoch0[0]
-    assert set(batch) == {"waveforms", "lengths", "labels", "ids"}
+    assert set(batch) == {"waveforms", "lengths", "labels", "ids", "skipped"}
+    assert all(b["skipped"] == 0 for b in epoch0)
     assert batch["lengths"].dtype == torch.int64 and batch["labels"].shape[1] == model_frames(
         batch["waveforms"].shape[1]
     )
@@ -338,3 +339,22 @@ def test_lightning_resume_sees_the_batches_of_an_uninterrupted_run(corpus, tmp_p
         )
         assert resumed == reference[len(reference) - len(resumed) :], name
         assert len(resumed) >= 2 * per_epoch
+
+
+def test_utterance_missing_from_its_tar_is_skipped_and_the_rest_is_read(tmp_path):
+    import io
+    import tarfile
+
+    write_shards(tmp_path / "shards", [[3000, 3100, 3200, 3300, 3400]])
+    tar_path = tmp_path / "shards" / "shard-000000.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w") as tar:  # drop sample 1, which index.json still lists
+        for info, data in members:
+            if not info.name.startswith("100-0-0001."):
+                tar.addfile(info, io.BytesIO(data))
+    ds = dataset(tmp_path, labels=None, budget=BatchBudget(batch_size=5), sort_window=5)
+    with pytest.warns(ShardDecodeWarning, match=r"'100-0-0001'.*not found at its index position 1"):
+        (batch,) = list(ds)
+    assert sorted(batch["ids"]) == ["100-0-0000", "100-0-0002", "100-0-0003", "100-0-0004"]
+    assert batch["skipped"] == 1

@@ -413,3 +413,105 @@ def test_hubert_layer_labels_from_a_saved_model(corpus, tmp_path):
         "mfcc",
     ]
     assert label_tool.main([*wrong, "--no-progress"]) == 2
+
+
+# --------------------------------------------------------------------------------------------- remote, resume
+
+
+def test_labels_of_shards_served_over_http_are_the_local_labels(corpus, mfcc_run, tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from http_fixture import ShardServer
+
+    server = ShardServer(corpus)
+    try:
+        out = tmp_path / "remote"
+        argv = ["--shards", server.url, "--out", str(out), *MFCC_ARGS, "--cache-dir", str(tmp_path / "cache")]
+        assert label_tool.main(argv) == 0
+        # pass 1 reads only shards with fit-sample utterances, pass 2 reads the cached copies
+        assert all(server.gets(f"shard-00000{i}.tar") == 1 for i in range(3))
+    finally:
+        server.stop()
+    got, want = _file_contents(out), _file_contents(mfcc_run)
+    assert got.keys() == want.keys()
+    assert all(got[name] == want[name] for name in got if name != "meta.json")
+    meta, ref = load_label_meta(out), load_label_meta(mfcc_run)
+    assert (
+        meta["source"]["shards"] == server.url
+        and meta["source"]["index_sha256"] == ref["source"]["index_sha256"]
+    )
+    assert {k: v for k, v in meta.items() if k != "source"} == {k: v for k, v in ref.items() if k != "source"}
+
+
+def test_label_killed_mid_run_and_resumed_writes_the_uninterrupted_files(corpus, tmp_path):
+    """A real SIGKILL while pass 2 waits on the last shard, then ``--resume``: byte-identical files, no new fit."""
+    import signal
+    import time
+
+    killed, reference, block = tmp_path / "killed", tmp_path / "reference", tmp_path / "BLOCK"
+    # shard-000002.tar is held back while BLOCK exists and the fit is done (pass 2); the same command for both runs
+    shards = (
+        f"pipe:sh -c 'if [ {{name}} = shard-000002.tar ]; then while [ -e {block} ] && [ -e {killed}/centroids.npy ]; "
+        f"do sleep 0.05; done; fi; exec cat {corpus}/{{name}}'"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "hubert_lit.labels.cli", "--shards", shards, *MFCC_ARGS]
+    block.touch()
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(killed)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 120
+    while not (killed / ".progress" / "shard-000001.json").exists():
+        assert proc.poll() is None, (
+            f"the run ended before it could be killed: {proc.stdout.read().decode()[-2000:]}"
+        )
+        assert time.monotonic() < deadline, "pass 2 never reached shard 2"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    block.unlink()  # lets the held-back command finish (it writes into a closed pipe and exits)
+    assert not (killed / "shard-000002.labels.npz").exists()
+    with pytest.raises(ValueError, match="has not finished.*--resume"):
+        load_label_meta(killed)  # what the DataModule reads: an unfinished folder is refused
+
+    assert label_tool.main(["--shards", shards, "--out", str(reference), *MFCC_ARGS]) == 0
+    resumed = subprocess.run(
+        [*cmd, "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 of 3 shards already labelled" in resumed.stdout and "fitting k-means" not in resumed.stdout
+    assert _file_contents(killed) == _file_contents(reference)
+
+
+def test_resume_checks_the_recorded_fit(corpus, mfcc_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(mfcc_run, out)
+    before = _file_contents(out)
+    argv = ["--shards", str(corpus), "--out", str(out), *MFCC_ARGS, "--resume"]
+    assert label_tool.main(argv) == 0  # a finished folder: nothing to do
+    assert "is complete; nothing to do" in capsys.readouterr().out and _file_contents(out) == before
+    other_seed = [a if a != "3" else "4" for a in argv]
+    assert label_tool.main(other_seed) == 2
+    assert "kmeans.seed=3" in capsys.readouterr().err
+    assert label_tool.main([*argv[:4], *MFCC_ARGS[:3], "9", *MFCC_ARGS[4:], "--resume"]) == 2
+    assert "num_classes=8" in capsys.readouterr().err
+    np.save(out / "centroids.npy", np.zeros((8, 39), dtype=np.float32))
+    assert label_tool.main(argv) == 2
+    assert "is not the one" in capsys.readouterr().err
+    assert label_tool.main([*argv, "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    # a folder labelled with the centroids of another one records them too
+    reused = [
+        "--shards",
+        str(corpus),
+        "--out",
+        str(tmp_path / "reused"),
+        "--centroids",
+        str(mfcc_run),
+        "--no-progress",
+    ]
+    assert label_tool.main(reused) == 0
+    assert label_tool.main([*reused, "--resume"]) == 0
+    assert "is complete; nothing to do" in capsys.readouterr().out

@@ -17,6 +17,11 @@ Planning (:func:`plan_epoch`):
 Because windows never change and packing depends only on the multiset of lengths in a window, the number of
 batches of an epoch does not depend on the epoch; each rank's share (:func:`split_for_rank`) is therefore the
 same every epoch, which is what ``len(dataloader)`` must report to Lightning.
+
+Ranks take the epoch's batches interleaved (global batch g on rank ``g mod world_size``, :func:`rank_share`) and
+workers take their rank's batches interleaved too (:func:`split_for_worker`), so the epoch is one sequence of
+global batches consumed ``world_size`` at a time: a position in it means the same thing for any number of ranks
+and workers.
 """
 
 from __future__ import annotations
@@ -174,23 +179,13 @@ def plan_epoch(
     return EpochPlan(epoch, tuple(batches), tuple(too_short))
 
 
-def split_for_rank(
-    batches: Sequence[PlannedBatch], rank: int, world_size: int, *, drop_remainder: bool
-) -> tuple[list[PlannedBatch], list[PlannedBatch]]:
-    """Give rank ``rank`` a contiguous share of ``batches`` with the same count on every rank.
+def equalize_for_ranks(batches: Sequence[PlannedBatch], world_size: int) -> list[PlannedBatch]:
+    """Split the batches with the most rows in two until their count divides by ``world_size`` (validation:
+    every utterance is seen once and the ranks stay in step), numbered afresh.
 
-    ``drop_remainder=True`` (training): each rank gets ``len // world_size`` batches and the last
-    ``len % world_size`` batches are dropped (returned second, so they can be reported).
-    ``drop_remainder=False`` (validation): nothing is dropped; instead the batches with the most rows are
-    split in two until the count divides evenly, so every utterance is seen exactly once and ranks stay in
-    step. (Only when every batch holds a single utterance can the counts still differ by one.)
+    Only when every batch holds a single utterance can the count still not divide (ranks then differ by one).
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     batches = list(batches)
-    if drop_remainder:
-        per_rank = len(batches) // world_size
-        return batches[rank * per_rank : (rank + 1) * per_rank], batches[world_size * per_rank :]
     total = sum(len(b.rows) for b in batches)
     if total < world_size:
         raise ValueError(f"cannot give each of {world_size} ranks a batch: only {total} utterances")
@@ -198,38 +193,62 @@ def split_for_rank(
         i = max(range(len(batches)), key=lambda j: (len(batches[j].rows), -j))
         b = batches[i]
         if len(b.rows) < 2:
-            break  # only single-utterance batches left: counts will differ by one (see below)
+            break  # only single-utterance batches left: counts will differ by one
         half = len(b.rows) // 2
         batches[i : i + 1] = [
             PlannedBatch(b.index, b.window, b.rows[:half]),
             PlannedBatch(b.index, b.window, b.rows[half:]),
         ]
     # Re-number so indices stay unique after splitting (evaluation crops are deterministic anyway).
-    batches = [PlannedBatch(i, b.window, b.rows) for i, b in enumerate(batches)]
-    base, extra = divmod(len(batches), world_size)
-    start = rank * base + min(rank, extra)
-    return batches[start : start + base + (1 if rank < extra else 0)], []
+    return [PlannedBatch(i, b.window, b.rows) for i, b in enumerate(batches)]
+
+
+def rank_share(
+    batches: Sequence[PlannedBatch], rank: int, world_size: int, start: int = 0
+) -> list[PlannedBatch]:
+    """Rank ``rank``'s batches of the global list ``batches`` from global position ``start`` on: batch
+    ``start + k * world_size + rank`` for every step k that all ``world_size`` ranks can fill, so every rank gets
+    ``(len(batches) - start) // world_size`` batches and the last ``(len(batches) - start) % world_size`` are
+    left out (they cannot make a step of ``world_size`` batches).
+
+    With ``start = 0`` global batch g goes to rank ``g mod world_size``; step k of all ranks together consumes
+    global batches ``start + k * world_size ... start + (k + 1) * world_size - 1`` whatever ``world_size`` is,
+    which is what lets a run resume with another number of ranks.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if not 0 <= start <= len(batches):
+        raise ValueError(f"start must be in [0, {len(batches)}], got {start}")
+    steps = (len(batches) - start) // world_size
+    return [batches[start + k * world_size + rank] for k in range(steps)]
+
+
+def split_for_rank(
+    batches: Sequence[PlannedBatch], rank: int, world_size: int, *, drop_remainder: bool
+) -> tuple[list[PlannedBatch], list[PlannedBatch]]:
+    """Rank ``rank``'s share of an epoch's ``batches`` (global batch g on rank g mod world_size), and the
+    batches left out.
+
+    ``drop_remainder=True`` (training): each rank gets ``len // world_size`` batches and the last
+    ``len % world_size`` batches are dropped (returned second, so they can be reported).
+    ``drop_remainder=False`` (validation): nothing is dropped; :func:`equalize_for_ranks` splits batches until
+    the count divides evenly.
+    """
+    if drop_remainder:
+        steps = len(batches) // world_size
+        return rank_share(batches, rank, world_size), list(batches[steps * world_size :])
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return equalize_for_ranks(batches, world_size)[rank::world_size], []
 
 
 def split_for_worker(batches: Sequence[PlannedBatch], worker: int, num_workers: int) -> list[PlannedBatch]:
-    """Contiguous share of a rank's batches for DataLoader worker ``worker``; earlier workers get the extra
-    one.
+    """DataLoader worker ``worker``'s share of a rank's batches: every ``num_workers``-th from the ``worker``-th.
 
-    The DataLoader takes one batch from each worker in turn, so with these counts no worker runs out before
-    the last round and the loader's order is a plain round-robin interleave.
+    The DataLoader takes one batch from each worker in turn, so the loader delivers the rank's batches in their
+    own order whatever ``num_workers`` is; a resumed run may therefore use another worker count.
     """
-    base, extra = divmod(len(batches), num_workers)
-    start = worker * base + min(worker, extra)
-    return list(batches[start : start + base + (1 if worker < extra else 0)])
-
-
-def interleave_workers(batches: Sequence[PlannedBatch], num_workers: int) -> list[PlannedBatch]:
-    """The order in which a DataLoader with ``num_workers`` workers delivers a rank's ``batches``."""
-    shares = [split_for_worker(batches, w, num_workers) for w in range(max(num_workers, 1))]
-    out = []
-    for i in range(max((len(s) for s in shares), default=0)):
-        out.extend(s[i] for s in shares if i < len(s))
-    return out
+    return list(batches[worker :: max(num_workers, 1)])
 
 
 # ---------------------------------------------------------------------------------------------- crop &
@@ -298,18 +317,26 @@ def collate(
     ids: Sequence[str],
     waveforms: Sequence[np.ndarray],
     labels: Sequence[np.ndarray] | None,
-) -> dict[str, torch.Tensor | list[str]]:
+    skipped: int = 0,
+) -> dict[str, torch.Tensor | list[str] | int]:
     """Pad cropped waveforms (and their 50 Hz labels) into the batch dict of the brief's contract 4.
 
-    Returns ``waveforms`` (B, L) float32 zero-padded, ``lengths`` (B,) int64, ``ids`` and, when ``labels`` is
-    given, ``labels`` (B, T) int64 padded with -100 where T is the frame count of L samples.
+    Returns ``waveforms`` (B, L) float32 zero-padded, ``lengths`` (B,) int64, ``ids``, ``skipped`` (utterances
+    planned for the batch but left out because they could not be read) and, when ``labels`` is given, ``labels``
+    (B, T) int64 padded with -100 where T is the frame count of L samples. With no waveforms (every planned
+    utterance was left out) the tensors have B = 0 rows and L = T = 0.
     """
     lengths = torch.tensor([len(w) for w in waveforms], dtype=torch.int64)
-    batch_len = int(lengths.max())
+    batch_len = int(lengths.max()) if len(waveforms) else 0
     wave = torch.zeros(len(waveforms), batch_len, dtype=torch.float32)
     for i, w in enumerate(waveforms):
         wave[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    batch: dict[str, torch.Tensor | list[str]] = {"waveforms": wave, "lengths": lengths, "ids": list(ids)}
+    batch: dict[str, torch.Tensor | list[str] | int] = {
+        "waveforms": wave,
+        "lengths": lengths,
+        "ids": list(ids),
+        "skipped": int(skipped),
+    }
     if labels is not None:
         target = torch.full((len(labels), model_frames(batch_len)), LABEL_PAD, dtype=torch.int64)
         for i, lab in enumerate(labels):

@@ -1,30 +1,77 @@
-"""LightningDataModule over webdataset tar shards and k-means label files, with exact mid-epoch resume."""
+"""LightningDataModule over webdataset tar shards and k-means label files, with exact mid-epoch resume on any
+number of ranks and loader workers.
+
+The loader state (:meth:`ShardLoader.state_dict`) records the global position in the epoch's sequence of batches
+(:mod:`hubert_lit.data.dataset`): how many batches all ranks together have consumed. Restored, the next pass
+starts there, whatever the world size and ``num_workers`` are now:
+
+* Batches in flight are not lost or repeated: the position counts the batches the loader has *delivered* to the
+  training loop, so batches that workers had prefetched but not delivered when the checkpoint was written are
+  simply produced again by the resumed run (planning and crops are deterministic).
+* With W' ranks, step k of the resumed pass consumes global batches ``position + k * W' ... + W' - 1`` (batch
+  ``position + k * W' + r`` on rank r). When the batches left in the epoch do not divide by W', the last
+  ``(N - position) mod W'`` of them cannot fill a step and are left out, as the last ``N mod W`` batches of every
+  epoch are; the next epoch starts afresh.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torchdata.stateful_dataloader import StatefulDataLoader
+from torch.utils.data import DataLoader
 
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.batching import BatchBudget
 from hubert_lit.data.dataset import ShardBatchDataset
+from hubert_lit.data.fetch import RetryPolicy
 from hubert_lit.data.label_files import load_label_meta
 
+LOADER_STATE_FORMAT = "hubert-lit-loader/2"
 
-class ShardLoader(StatefulDataLoader):
-    """StatefulDataLoader for :class:`ShardBatchDataset` that sets the dataset's epoch before each pass.
 
-    Lightning calls ``set_epoch`` only on samplers, which an iterable dataset does not have, so each new pass
-    takes its epoch from ``epoch_fn`` (the DataModule passes the Trainer's epoch) and then calls
-    ``on_epoch_start(epoch)``. A state saved after the last batch of an epoch (Lightning does not fetch past
-    ``len(loader)``, so the iterator never reports itself finished) is marked complete: loading it makes the
-    next pass start the following epoch afresh. That epoch comes from the state, not from ``epoch_fn``,
-    because on resume Lightning creates the iterator before it advances its own epoch counter.
+class LoaderStateError(ValueError):
+    """A saved data-loader state that cannot be resumed exactly; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class LoaderPosition:
+    """Where a training pass stands: ``position`` global batches of ``epoch`` consumed by all ranks together,
+    ``steps`` of them delivered by this rank (Lightning's batch count of the epoch), ``complete`` once the epoch
+    has no whole step left."""
+
+    epoch: int
+    position: int
+    steps: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class _Pass:
+    epoch: int
+    start: int  # global position of the pass's first batch
+    steps_before: int  # batches this rank delivered in the epoch before the pass (resumed passes)
+    length: int  # batches this rank delivers in the pass
+
+
+class ShardLoader(DataLoader):
+    """DataLoader for :class:`ShardBatchDataset` that sets each pass's epoch and start, and saves and restores the
+    global position (module docs).
+
+    Lightning calls ``set_epoch`` only on samplers, which an iterable dataset does not have, so each new pass takes
+    its epoch from ``epoch_fn`` (the DataModule passes the Trainer's epoch) and then calls
+    ``on_pass_start(epoch, start)``. A restored state decides the next pass instead: the rest of its epoch, or the
+    following epoch afresh when the state was saved after the epoch's last step (on resume Lightning creates the
+    iterator before it advances its own epoch counter, so that epoch must come from the state).
+
+    ``steps_fn`` returns Lightning's count of batches already trained in the current epoch: Lightning reads
+    ``len(loader)`` before it restores the loader's state and never runs an epoch past that length, so on resume
+    the length must already allow for the restored pass (which, after a change of world size, may need more steps
+    than a whole epoch has).
     """
 
     def __init__(
@@ -32,53 +79,158 @@ class ShardLoader(StatefulDataLoader):
         dataset: ShardBatchDataset,
         *args: Any,
         epoch_fn: Callable[[], int] | None = None,
-        on_epoch_start: Callable[[int], None] | None = None,
+        on_pass_start: Callable[[int, int], None] | None = None,
+        steps_fn: Callable[[], int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(dataset, *args, **kwargs)
         self._epoch_fn = epoch_fn
-        self._on_epoch_start = on_epoch_start
-        self._next_epoch: int | None = None
+        self._on_pass_start = on_pass_start
+        self._steps_fn = steps_fn
+        self._pending: LoaderPosition | None = None  # restored, not yet iterated
+        self._pass: _Pass | None = None
+        self._live = None  # the iterator of the current pass
+
+    # ------------------------------------------------------------------------------------------ passes
 
     def _get_iterator(self):
-        if self._next_epoch is not None:
-            epoch, self._next_epoch = self._next_epoch, None
+        if self._pending is not None:
+            resume, self._pending = self._pending, None
+            if resume.complete:
+                epoch, start, before = resume.epoch + 1, 0, 0
+            else:
+                epoch, start, before = resume.epoch, resume.position, resume.steps
         else:
             epoch = self._epoch_fn() if self._epoch_fn is not None else self.dataset.epoch
-        self.dataset.set_epoch(epoch)
-        if self._on_epoch_start is not None:
-            self._on_epoch_start(epoch)
-        return super()._get_iterator()
+            start, before = 0, 0
+        self.dataset.set_pass(epoch, start)
+        if self._on_pass_start is not None:
+            self._on_pass_start(epoch, start)
+        self._pass = _Pass(epoch, start, before, self.dataset.pass_length(start))
+        self._live = super()._get_iterator()
+        return self._live
+
+    def __len__(self) -> int:
+        """Batches Lightning will take in the current (or next) pass, counted from the start of its epoch; a whole
+        epoch's ``len(dataset)`` unless a resumed pass needs more."""
+        base = len(self.dataset)
+        if self._pending is not None:
+            if self._pending.complete:
+                return base
+            return max(base, self._pending.steps + self.dataset.pass_length(self._pending.position))
+        if self._pass is not None:
+            return max(base, self._pass.steps_before + self._pass.length)
+        done = self._steps_fn() if self._steps_fn is not None else 0
+        if done > 0:  # about to be restored (see the class docs): an upper bound of what the state can need
+            total = self.dataset.num_global_batches
+            return max(base, done + (total - done) // self.dataset.world_size)
+        return base
+
+    def position(self) -> LoaderPosition:
+        """Where the current pass stands (the restored position before the first batch)."""
+        if self._live is not None and self._pass is not None:
+            yielded = (
+                self._live._num_yielded
+            )  # batches the iterator has returned (a DataLoader iterator attribute)
+            p = self._pass
+            return LoaderPosition(
+                p.epoch,
+                p.start + yielded * self.dataset.world_size,
+                p.steps_before + yielded,
+                yielded >= p.length,
+            )
+        if self._pending is not None:
+            return self._pending
+        return LoaderPosition(self.dataset.epoch, self.dataset.start, 0, False)
+
+    # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        # _num_yielded: batches the current iterator has returned (a DataLoader iterator attribute).
-        done = self._iterator is not None and self._iterator._num_yielded >= len(self)
-        return {"loader": state, "epoch": self.dataset.epoch, "epoch_complete": done}
+        """The global position (module docs) and what it refers to: the epoch's batch count and plan digest."""
+        p = self.position()
+        return {
+            "format": LOADER_STATE_FORMAT,
+            "epoch": p.epoch,
+            "position": p.position,
+            "steps": p.steps,
+            "epoch_complete": p.complete,
+            "world_size": self.dataset.world_size,
+            "num_workers": self.num_workers,
+            "num_batches": len(self.dataset.global_batches(p.epoch)),
+            "plan": self.dataset.plan_digest(p.epoch),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "loader" not in state_dict:  # a plain StatefulDataLoader state
-            super().load_state_dict(state_dict)
-        elif state_dict["epoch_complete"]:
-            self._next_epoch = state_dict["epoch"] + 1
-            super().load_state_dict({})
+        """Continue from a saved state (this version's, or one of 0.1.0 where it maps exactly); raises
+        :class:`LoaderStateError` saying what to do when the saved position cannot be resumed exactly."""
+        self._pending = self._restore(state_dict)
+        self._pass, self._live = None, None
+
+    def _restore(self, state: dict[str, Any]) -> LoaderPosition:
+        if state.get("format") == LOADER_STATE_FORMAT:
+            epoch, position = int(state["epoch"]), int(state["position"])
+            if state["epoch_complete"]:
+                return LoaderPosition(epoch, 0, 0, True)
+            plan = self.dataset.plan_digest(epoch)
+            if state["plan"] != plan:
+                raise LoaderStateError(
+                    f"data-loader state: epoch {epoch} was saved at global batch {position} of "
+                    f"{state['num_batches']} planned from other data or settings (plan {state['plan']}, this run "
+                    f"plans {len(self.dataset.global_batches(epoch))} batches, plan {plan}): the shards, the batch "
+                    "settings (max_batch_seconds / batch_size, max_sample_size, min_sample_size, sort_window) or "
+                    "the data seed changed since the checkpoint, so the saved position means other batches now. "
+                    f"Undo the change, or start epoch {epoch} over."
+                )
+            return LoaderPosition(epoch, position, int(state["steps"]), False)
+        if "format" not in state and ("loader" in state or "dataset_state" in state or "_snapshot" in state):
+            return self._restore_v010(state)
+        raise LoaderStateError(
+            f"data-loader state of an unknown format ({state.get('format', sorted(state)[:6])!r}); expected "
+            f"{LOADER_STATE_FORMAT!r}. Start the epoch over."
+        )
+
+    def _restore_v010(self, state: dict[str, Any]) -> LoaderPosition:
+        """A state of hubert-lit 0.1.0 (a StatefulDataLoader state around per-worker ``{"epoch", "yielded",
+        "num_workers", "world_size"}``). Its ranks and workers took contiguous blocks of the plan, so only a
+        single process reading the plan in order (world size 1, at most one worker) maps onto today's global
+        position exactly; an end-of-epoch state maps in any case."""
+        inner = state.get("loader", state)
+        if "dataset_state" in inner:
+            datasets = [inner["dataset_state"]]
         else:
-            super().load_state_dict(state_dict["loader"])
+            datasets = [w["dataset_state"] for w in inner["_snapshot"]["_worker_snapshots"].values()]
+        epoch = int(state.get("epoch", datasets[0]["epoch"]))
+        if state.get("epoch_complete"):
+            return LoaderPosition(epoch, 0, 0, True)
+        world, workers = int(datasets[0]["world_size"]), int(datasets[0]["num_workers"])
+        if world == 1 and workers <= 1 and len(datasets) == 1:
+            yielded = int(datasets[0]["yielded"])
+            return LoaderPosition(epoch, yielded, yielded, yielded >= len(self.dataset.global_batches(epoch)))
+        raise LoaderStateError(
+            f"data-loader state written by hubert-lit 0.1.0 in the middle of epoch {epoch} with world_size={world} "
+            f"and num_workers={workers}: that version gave each rank and worker a contiguous block of the epoch's "
+            "batches, which does not map onto this version's single sequence of global batches. Resume from a "
+            f"checkpoint saved at the end of an epoch, or start epoch {epoch} over."
+        )
 
 
 class ShardDataModule(pl.LightningDataModule):
     """HuBERT pretraining data from shard folders (``python -m hubert_lit shard``) and label folders
     (``python -m hubert_lit label``).
 
-    Batches are dicts with ``waveforms`` (B, L) float32, ``lengths`` (B,) int64, ``ids`` and, when labels are
-    configured, ``labels`` (B, T) int64 at 50 Hz (padding -100).
+    Batches are dicts with ``waveforms`` (B, L) float32, ``lengths`` (B,) int64, ``ids``, ``skipped`` (int: the
+    utterances planned for the batch that could not be read and were left out) and, when labels are configured,
+    ``labels`` (B, T) int64 at 50 Hz (padding -100). B is 0 when every planned utterance of a batch was left out.
 
-    Training: the shard order is shuffled by ``(seed, epoch)`` before the split by rank and worker; batches
-    are planned from ``index.json`` so every rank yields the same number of batches (the few batches that do
-    not divide evenly among ranks are dropped and reported each epoch); crops use random offsets seeded by
-    ``(seed, epoch, batch)`` so a resumed run sees exactly the batches of an uninterrupted one. Validation and
-    test: index order, offset-0 crops, padding (``pad`` is ignored), every utterance exactly once across
-    ranks.
+    Training: the shard order is shuffled by ``(seed, epoch)``; batches are planned from ``index.json`` into one
+    sequence of global batches per epoch, of which rank r of W takes every W-th from the r-th, so every rank
+    yields the same number of batches (the few that do not fill a last step of W batches are dropped and
+    reported each epoch); crops use random offsets seeded by ``(seed, epoch, batch)``, so a run resumed with any
+    number of ranks and workers sees exactly the batches of an uninterrupted one (module docs). Validation and
+    test: index order, offset-0 crops, padding (``pad`` is ignored), every utterance exactly once across ranks.
+
+    Shard and label folders may be local folders, ``http(s)://`` or fsspec URLs (``s3://``, ``gs://`` with the
+    matching extra installed) or ``pipe:`` command templates (:mod:`hubert_lit.data.locations`).
 
     Args:
         train_shards: shard folder for training.
@@ -104,6 +256,12 @@ class ShardDataModule(pl.LightningDataModule):
         seed: seed of shard order, batch order and crop offsets (independent of the global seed).
         pin_memory: pin batches in page-locked memory (for GPU training).
         prefetch_factor: batches each worker prepares in advance (ignored with 0 workers).
+        cache_dir: local folder that keeps a copy of every remote shard and labels file once it has been read,
+            so later epochs do not download them again (None: stream them every epoch). Use a node-local disk;
+            the ranks and workers of a node share it.
+        fetch_retries: how many times a dropped or failed download of one file is resumed (range request) or
+            restarted before its shard is reported and skipped.
+        fetch_backoff: seconds to wait before the first retry, doubled for each further one (at most 30 s).
     """
 
     def __init__(
@@ -125,6 +283,9 @@ class ShardDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         prefetch_factor: int = 2,
+        cache_dir: str | None = None,
+        fetch_retries: int = 5,
+        fetch_backoff: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -132,6 +293,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.budget = BatchBudget(max_samples=max_samples, batch_size=batch_size)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.retry = RetryPolicy(retries=fetch_retries, backoff=fetch_backoff)
         for shards, labels, name in (
             (train_shards, train_labels, "train"),
             (val_shards, val_labels, "val"),
@@ -198,6 +360,8 @@ class ShardDataModule(pl.LightningDataModule):
             seed=hp.seed,
             rank=rank,
             world_size=world,
+            cache_dir=hp.cache_dir,
+            retry=self.retry,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -232,6 +396,8 @@ class ShardDataModule(pl.LightningDataModule):
                 seed=hp.seed,
                 rank=rank,
                 world_size=world,
+                cache_dir=hp.cache_dir,
+                retry=self.retry,
             )
             self._report("predict", self.predict_dataset, 0)
 
@@ -265,9 +431,29 @@ class ShardDataModule(pl.LightningDataModule):
         # a run resumed from an end-of-epoch checkpoint creates its first iterator.
         return self.trainer.fit_loop.epoch_progress.current.processed
 
-    def _start_train_epoch(self, epoch: int) -> None:
-        if epoch > 0:
-            stats = self.train_dataset.epoch_stats(epoch)
+    def _steps_done(self) -> int:
+        """Batches Lightning has trained in the current epoch (restored from a checkpoint on resume)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    def _start_train_pass(self, epoch: int, start: int) -> None:
+        ds = self.train_dataset
+        if start > 0:
+            total = len(ds.global_batches(epoch))
+            left_out = (total - start) % ds.world_size
+            rank_zero_info(
+                f"train epoch {epoch} resumed at global batch {start} of {total}: {ds.pass_length(start)} more "
+                f"batches per rank x {ds.world_size} rank(s)"
+                + (
+                    f"; the last {left_out} batch{'es do' if left_out > 1 else ' does'} not fill a step and "
+                    f"{'are' if left_out > 1 else 'is'} left out"
+                    if left_out
+                    else ""
+                )
+            )
+        elif epoch > 0:
+            stats = ds.epoch_stats(epoch)
             if stats["dropped_batches"]:
                 rank_zero_info(
                     f"train epoch {epoch}: {stats['dropped_batches']} batches ({stats['dropped_utterances']} "
@@ -290,7 +476,8 @@ class ShardDataModule(pl.LightningDataModule):
             # randomness is seeded by (seed, epoch, batch) and does not use the worker seeds.
             generator=torch.Generator().manual_seed(hp.seed),
             epoch_fn=self._current_epoch if train else None,
-            on_epoch_start=self._start_train_epoch if train else None,
+            on_pass_start=self._start_train_pass if train else None,
+            steps_fn=self._steps_done if train else None,
             **extra,
         )
 

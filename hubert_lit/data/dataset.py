@@ -1,23 +1,28 @@
 """Iterable dataset that streams planned batches out of webdataset tar shards.
 
-Each rank, and each DataLoader worker inside it, computes the epoch's batch plan from ``index.json`` (see
-:mod:`hubert_lit.data.batching`), takes its contiguous share, reads the needed members sequentially from the
-tar files and yields finished batches. Its state (epoch, batches yielded by this worker) is a few integers, so
-a :class:`torchdata.stateful_dataloader.StatefulDataLoader` can resume mid-epoch exactly. The state does not
-depend on the rank (every rank has the same batch counts), so the single copy Lightning stores in a checkpoint
-(rank 0's) restores every rank.
+Every rank, and every DataLoader worker inside it, computes the epoch's batch plan from ``index.json`` (see
+:mod:`hubert_lit.data.batching`). The plan is one sequence of global batches: from a pass's start position
+``start``, rank r of W takes global batches ``start + r, start + r + W, ...`` and worker w of n takes every n-th of
+those from the w-th, so the loader delivers the rank's batches in order whatever the worker count. A pass is set
+with :meth:`ShardBatchDataset.set_pass`; the loader (:class:`hubert_lit.data.datamodule.ShardLoader`) counts the
+batches it delivers and turns them into a global position, which is all a resumed run needs, with any number of
+ranks and workers.
 
-Members that cannot be read or decoded are reported with a :class:`ShardDecodeWarning` naming the utterance
-and the shard, counted in :attr:`ShardBatchDataset.decode_failures`, and left out of their batch (the batch
-shrinks; the number of batches never changes). A batch whose members all fail raises, naming them: that means
-a damaged shard, which should be rebuilt rather than trained around.
+Each worker reads the shards its batches need in plan order, each shard at most once per pass, front to back
+(members other workers need are skipped without being decoded; a tar on the local disk is seeked over them).
+Utterances that cannot be used are left out of their batch and counted, never silently: a member that does not
+decode, a shard that breaks off (truncated tar, download failed after its retries), a labels file that cannot be
+downloaded. Each is reported with a :class:`ShardDecodeWarning` naming the utterance or shard, listed in
+:attr:`ShardBatchDataset.decode_failures`, and counted in the batch's ``skipped``. The number of batches never
+changes, so ranks stay in step; a batch whose utterances all failed is delivered with no rows (B = 0).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,83 +38,116 @@ from hubert_lit.data.batching import (
     collate,
     crop_labels,
     cropped_length,
+    equalize_for_ranks,
     plan_crops,
     plan_epoch,
-    split_for_rank,
+    rank_share,
     split_for_worker,
 )
-from hubert_lit.data.label_files import (
-    labels_path,
-    load_label_meta,
-    load_shard_labels,
-)
-from hubert_lit.data.shardio import ShardFormatError, ShardIndex, decode_flac, iter_shard, load_index
+from hubert_lit.data.fetch import DEFAULT_RETRY, FetchError, RetryPolicy
+from hubert_lit.data.label_files import LabelFolder
+from hubert_lit.data.shardio import Sample, ShardFormatError, ShardIndex, decode_flac, load_index
 
 
 class ShardDecodeWarning(UserWarning):
-    """A shard member could not be read or decoded; the utterance was left out of its batch."""
+    """Shard data could not be read or decoded; the utterances named were left out of their batches."""
 
 
-class _MemberReader:
-    """Reads raw FLAC bytes of chosen utterances, moving forward through one shard tar at a time."""
+class _ShardReader:
+    """Raw FLAC bytes of the utterances one worker needs in a pass, each shard opened at most once and read
+    forward; ``fetch`` is called window by window in plan order."""
 
-    def __init__(self, index: ShardIndex) -> None:
+    def __init__(self, index: ShardIndex, todo: list[PlannedBatch]) -> None:
         self._index = index
+        self._keep: dict[str, set[str]] = {}
+        self._position: dict[str, int] = {}  # ordinal in its tar of every utterance this worker needs
+        for planned in todo:
+            for u in planned.rows:
+                self._keep.setdefault(u.shard, set()).add(u.id)
+                self._position[u.id] = u.position
+        self._opened: set[str] = set()
         self._shard: str | None = None
-        self._samples: Iterator | None = None
-        self._position = 0  # ordinal of the next sample the open iterator yields
-        self._error: str | None = None
-
-    def _open(self, shard: str) -> None:
-        self.close()
-        self._shard, self._position, self._error = shard, 0, None
-        self._samples = iter_shard(self._index.shard_path(shard), decode=False)
+        self._samples: Iterator[Sample] | None = None
+        self._ahead: Sample | None = None  # read past the current window: belongs to a later fetch
+        self.error: str | None = None  # why the current shard stopped, once it has
 
     def close(self) -> None:
         if self._samples is not None:
             self._samples.close()
         self._samples = None
 
+    def _open(self, shard: str) -> None:
+        if shard in self._opened:
+            raise RuntimeError(f"internal: shard {shard!r} requested again after another shard in one pass")
+        self.close()
+        self._opened.add(shard)
+        self._shard, self._ahead, self.error = shard, None, None
+        try:
+            self._samples = self._index.read_shard(shard, decode=False, keep=self._keep.get(shard, set()))
+        except ShardFormatError as err:
+            self._samples, self.error = None, str(err)
+
+    def _next(self) -> Sample | None:
+        if self._ahead is not None:
+            sample, self._ahead = self._ahead, None
+            return sample
+        if self._samples is None or self.error is not None:
+            return None
+        try:
+            return next(self._samples)
+        except StopIteration:  # the tar's end: utterances still wanted are simply not in it
+            self._samples = None
+        except (ShardFormatError, OSError) as err:
+            self.error = f"the shard broke off before it: {err}"
+        return None
+
     def fetch(self, shard: str, rows: list[Utterance]) -> tuple[dict[str, bytes], dict[str, str]]:
-        """Raw bytes of ``rows`` (all in ``shard``) and, for the ones that could not be read, the reason."""
-        rows = sorted(rows, key=lambda u: u.position)
-        if self._shard != shard or self._samples is None or rows[0].position < self._position:
+        """Raw bytes of ``rows`` (all of one window of ``shard``) and, for those that could not be read, why."""
+        if shard != self._shard:
             self._open(shard)
         wanted = {u.id for u in rows}
+        last = max(self._position[u.id] for u in rows)
         found: dict[str, bytes] = {}
-        last = rows[-1].position
-        while self._error is None and self._position <= last:
-            try:
-                sample = next(self._samples)
-            except StopIteration:
-                self._error = "the tar file ends before it"
+        while len(found) < len(wanted):
+            sample = self._next()
+            if sample is None:
                 break
-            except (ShardFormatError, OSError) as err:
-                self._error = f"the shard became unreadable before it ({err})"
+            if self._position[sample.id] > last:
+                self._ahead = sample  # a later window's utterance: the ones still wanted are not in the tar
                 break
-            self._position += 1
             if sample.id in wanted:
                 found[sample.id] = sample.audio
-        path = self._index.shard_path(shard)
         failed = {}
         for u in rows:
             if u.id not in found:
-                failed[u.id] = self._error or f"not found at its index position {u.position} in {path}"
+                failed[u.id] = self.error or (
+                    f"not found at its index position {u.position} in {self._index.shard_where(shard)}"
+                )
         return found, failed
 
 
 class _LabelStore:
     """Labels of the shard being read (one ``.labels.npz`` in memory at a time), checked against the audio."""
 
-    def __init__(self, label_dir: Path, label_rate: int, num_classes: int) -> None:
-        self.label_dir, self.label_rate, self.num_classes = label_dir, label_rate, num_classes
+    def __init__(self, folder: LabelFolder, label_rate: int, num_classes: int) -> None:
+        self.folder, self.label_rate, self.num_classes = folder, label_rate, num_classes
         self._shard: str | None = None
         self._labels: dict[str, np.ndarray] = {}
+        self.error: str | None = None  # why the current shard's labels could not be downloaded
+
+    def load(self, shard: str) -> None:
+        if shard == self._shard:
+            return
+        self._shard, self._labels, self.error = shard, {}, None
+        try:
+            self._labels = self.folder.shard_labels(shard)
+        except FileNotFoundError:
+            raise  # a labels folder without this shard's file is a configuration error, not a network one
+        except FetchError as err:
+            self.error = f"its labels file could not be downloaded ({err})"
 
     def get(self, utt: Utterance) -> np.ndarray:
-        if utt.shard != self._shard:
-            self._labels, self._shard = load_shard_labels(self.label_dir, utt.shard), utt.shard
-        source = str(labels_path(self.label_dir, utt.shard))
+        source = self.folder.describe(utt.shard)
         if utt.id not in self._labels:
             raise KeyError(f"{source}: no labels for utterance {utt.id!r}")
         labels = self._labels[utt.id]
@@ -130,15 +168,27 @@ def _shard_utterances(index: ShardIndex) -> list[tuple[str, list[Utterance]]]:
     return list(by_shard.items())
 
 
+def plan_digest(batches: list[PlannedBatch]) -> str:
+    """A short hash of which utterances make up each batch, in order: two runs with the same digest plan the
+    same epoch (a saved position means the same batches)."""
+    digest = hashlib.sha256()
+    for b in batches:
+        digest.update("\0".join(u.id for u in b.rows).encode("utf-8") + b"\n")
+    return digest.hexdigest()[:16]
+
+
 class ShardBatchDataset(IterableDataset):
     """Batches (contract 4 dicts) of one rank, planned from a shard folder's index and read from its tars.
 
     Args:
-        shard_dir: folder with ``index.json`` and ``shard-*.tar`` (written by ``python -m hubert_lit shard``).
-        label_dir: labels folder (``meta.json`` + ``<shard>.labels.npz``) or None for audio-only batches.
+        shard_dir: shard folder (``index.json`` + ``shard-*.tar``, written by ``python -m hubert_lit shard``): a
+            local folder, an ``http(s)://`` or fsspec URL or a ``pipe:`` template
+            (:mod:`hubert_lit.data.locations`).
+        label_dir: labels folder (``meta.json`` + ``<shard>.labels.npz``, local or remote) or None for
+            audio-only batches.
         train: True shuffles shards and batches per epoch, crops at random offsets and drops the few batches
-            that do not divide evenly among ranks; False keeps index order, crops from offset 0 and keeps
-            every utterance (ranks get equal counts by splitting batches).
+            that do not make a whole step of ``world_size`` batches; False keeps index order, crops from offset 0
+            and keeps every utterance (ranks get equal counts by splitting batches).
         budget: batch size rule (total audio or fixed count).
         max_sample_size: longer utterances are cropped to this many samples (None: never crop; an utterance
             longer than the batch budget then gets a batch of its own).
@@ -148,12 +198,14 @@ class ShardBatchDataset(IterableDataset):
         sort_window: utterances of a shard sorted by length together before packing into batches.
         seed: base seed of shard order, batch order and crop offsets.
         rank, world_size: this process's rank and the number of ranks.
+        cache_dir: local folder that keeps a copy of remote shard and label files once read (None: none).
+        retry: how often a dropped download is resumed before its shard is given up.
     """
 
     def __init__(
         self,
-        shard_dir: str | Path,
-        label_dir: str | Path | None = None,
+        shard_dir: str | os.PathLike,
+        label_dir: str | os.PathLike | None = None,
         *,
         train: bool,
         budget: BatchBudget,
@@ -164,6 +216,8 @@ class ShardBatchDataset(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        cache_dir: str | os.PathLike | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         super().__init__()
         if min_sample_size < 400:
@@ -174,43 +228,42 @@ class ShardBatchDataset(IterableDataset):
             )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.index = load_index(shard_dir)
-        self.label_dir = Path(label_dir) if label_dir is not None else None
+        self.index = load_index(shard_dir, cache_dir=cache_dir, retry=retry)
+        self.labels: LabelFolder | None = None
         self.label_rate: int | None = None
         self.num_classes: int | None = None
-        if self.label_dir is not None:
-            meta = load_label_meta(self.label_dir)
-            self.label_rate, self.num_classes = meta["label_rate"], meta["num_classes"]
-            missing = [s.name for s in self.index.shards if not labels_path(self.label_dir, s.name).is_file()]
+        if label_dir is not None:
+            self.labels = LabelFolder.open(label_dir, cache_dir=cache_dir, retry=retry)
+            self.label_rate, self.num_classes = (
+                self.labels.meta["label_rate"],
+                self.labels.meta["num_classes"],
+            )
+            missing = self.labels.missing(self.index.shard_names)
             if missing:
                 raise FileNotFoundError(
-                    f"{self.label_dir}: no labels file for shard(s) {', '.join(missing[:5])}"
+                    f"{self.labels.location}: no labels file for shard(s) {', '.join(missing[:5])}"
                     + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                    + f" of {self.index.directory}"
+                    + f" of {self.index.source}"
                 )
         self.train, self.budget, self.pad = train, budget, pad
         self.max_sample_size, self.min_sample_size = max_sample_size, min_sample_size
         self.sort_window, self.seed = sort_window, seed
         self.rank, self.world_size = rank, world_size
-        # (utterance id, shard, reason) of every member this process could not use
+        # (utterance id, shard, reason) of every utterance this process could not use
         self.decode_failures: list[tuple[str, str, str]] = []
         self._shards = _shard_utterances(self.index)
-        self._epoch = 0
-        self._resume: dict[str, int] | None = None
-        self._progress: list[int] | None = None  # [epoch, batches yielded] of the running iteration
-        self._worker_count = 1
-        self._plans: dict[int, tuple[EpochPlan, list[PlannedBatch], list[PlannedBatch]]] = {}
-        self._length: int | None = None
+        self._epoch, self._start = 0, 0
+        self._plans: dict[int, tuple[EpochPlan, list[PlannedBatch], str]] = {}
         self._length = len(self.rank_batches(0))
         if self._length == 0:
             raise ValueError(
-                f"{self.index.directory}: no batches for rank {rank} of {world_size} "
+                f"{self.index.source}: no batches for rank {rank} of {world_size} "
                 f"({self.epoch_stats(0)['utterances']} utterances of at least {min_sample_size} samples)"
             )
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def _plan(self, epoch: int) -> tuple[EpochPlan, list[PlannedBatch], list[PlannedBatch]]:
+    def _plan(self, epoch: int) -> tuple[EpochPlan, list[PlannedBatch], str]:
         if epoch not in self._plans:
             plan = plan_epoch(
                 self._shards,
@@ -222,25 +275,43 @@ class ShardBatchDataset(IterableDataset):
                 min_sample_size=self.min_sample_size,
                 sort_window=self.sort_window,
             )
-            mine, dropped = split_for_rank(
-                plan.batches, self.rank, self.world_size, drop_remainder=self.train
-            )
-            if (
-                self._length is not None and len(mine) != self._length
-            ):  # guaranteed by planning; never hang DDP
-                raise RuntimeError(
-                    f"epoch {epoch}: {len(mine)} batches for rank {self.rank}, not {self._length}"
-                )
-            self._plans = {epoch: (plan, mine, dropped)}  # keep one epoch: plans of big corpora are not small
+            batches = list(plan.batches) if self.train else equalize_for_ranks(plan.batches, self.world_size)
+            # keep one epoch: plans of big corpora are not small
+            self._plans = {epoch: (plan, batches, plan_digest(batches))}
         return self._plans[epoch]
 
-    def rank_batches(self, epoch: int) -> list[PlannedBatch]:
-        """This rank's planned batches of ``epoch``, in plan order (workers deliver them interleaved)."""
+    def global_batches(self, epoch: int) -> list[PlannedBatch]:
+        """The epoch's sequence of global batches, all ranks together (validation: after equalizing)."""
         return self._plan(epoch)[1]
+
+    def plan_digest(self, epoch: int) -> str:
+        """:func:`plan_digest` of ``epoch``'s global batches."""
+        return self._plan(epoch)[2]
+
+    def rank_batches(self, epoch: int, start: int = 0) -> list[PlannedBatch]:
+        """This rank's batches of ``epoch`` in a pass from global position ``start``, in delivery order."""
+        batches = self.global_batches(epoch)
+        if self.train:
+            return rank_share(batches, self.rank, self.world_size, start)
+        return batches[start + self.rank :: self.world_size]
+
+    @property
+    def num_global_batches(self) -> int:
+        """Global batches per epoch, all ranks together (the same every epoch)."""
+        if not self._plans:
+            self._plan(self._epoch)
+        return len(next(iter(self._plans.values()))[1])
+
+    def pass_length(self, start: int) -> int:
+        """Batches this rank delivers in a pass from global position ``start`` (the same in every epoch)."""
+        total = self.num_global_batches
+        if self.train:
+            return max(0, total - start) // self.world_size
+        return len(range(start + self.rank, total, self.world_size))
 
     def epoch_stats(self, epoch: int) -> dict[str, Any]:
         """What planning ``epoch`` kept and left out, over all ranks (for reporting)."""
-        plan, _, dropped = self._plan(epoch)
+        plan, batches, _ = self._plan(epoch)
         kept = sum(u.num_samples for b in plan.batches for u in b.rows)
         if self.pad:
             cropped = sum(
@@ -251,6 +322,7 @@ class ShardBatchDataset(IterableDataset):
                 len(b.rows) * cropped_length(min(u.num_samples for u in b.rows), self.max_sample_size)
                 for b in plan.batches
             )
+        dropped = batches[self.world_size * (len(batches) // self.world_size) :] if self.train else []
         return {
             "epoch": epoch,
             "utterances": plan.num_utterances,
@@ -265,68 +337,47 @@ class ShardBatchDataset(IterableDataset):
         }
 
     def __len__(self) -> int:
-        """Batches this rank yields per epoch, all workers together (the same every epoch, on every rank)."""
+        """Batches this rank yields in a whole epoch, all workers together (the same every epoch, on every
+        rank)."""
         return self._length
 
-    # ------------------------------------------------------------------------------------------ state
+    # ------------------------------------------------------------------------------------------ passes
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch of the next iteration (shard order, batch order and crops depend on it)."""
-        self._epoch = int(epoch)
+        """Make the next pass a whole epoch ``epoch`` (shard order, batch order and crops depend on it)."""
+        self.set_pass(epoch, 0)
+
+    def set_pass(self, epoch: int, start: int) -> None:
+        """Make the next pass epoch ``epoch`` from global batch ``start`` on (``start`` = batches all ranks
+        together have already consumed)."""
+        if not 0 <= start <= len(self.global_batches(epoch)):
+            raise ValueError(f"start must be in [0, {len(self.global_batches(epoch))}], got {start}")
+        self._epoch, self._start = int(epoch), int(start)
 
     @property
     def epoch(self) -> int:
         return self._epoch
 
-    def state_dict(self) -> dict[str, int]:
-        """Epoch and number of batches this worker has yielded in it."""
-        epoch, yielded = self._progress if self._progress is not None else (self._epoch, 0)
-        return {
-            "epoch": epoch,
-            "yielded": yielded,
-            "num_workers": self._worker_count,
-            "world_size": self.world_size,
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume from :meth:`state_dict`: the next iteration continues that epoch after the yielded
-        batches."""
-        if state.get("world_size", self.world_size) != self.world_size:
-            raise ValueError(
-                f"data-loader state was saved with world_size={state['world_size']}, this run has "
-                f"{self.world_size}; the batch plan depends on it, so a mid-epoch resume is not possible"
-            )
-        self._resume = {
-            "epoch": int(state["epoch"]),
-            "yielded": int(state["yielded"]),
-            "num_workers": int(state.get("num_workers", 0)),
-        }
-        self._epoch = int(state["epoch"])
+    @property
+    def start(self) -> int:
+        """Global position at which the next pass starts."""
+        return self._start
 
     # ------------------------------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        self._worker_count = num_workers
-        return self._generate(worker, num_workers)
+        epoch = self._epoch
+        todo = split_for_worker(self.rank_batches(epoch, self._start), worker, num_workers)
+        return self._generate(todo, epoch)
 
-    def _generate(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        epoch, skip = self._epoch, 0
-        if self._resume is not None:
-            resume, self._resume = self._resume, None
-            if resume["num_workers"] not in (0, num_workers):
-                raise ValueError(
-                    f"data-loader state was saved with num_workers={resume['num_workers']}, this loader has "
-                    f"{num_workers}; resume with the same number of workers"
-                )
-            epoch, skip = resume["epoch"], resume["yielded"]
-        todo = split_for_worker(self.rank_batches(epoch), worker, num_workers)[skip:]
-        self._progress = [epoch, skip]
-        reader = _MemberReader(self.index)
+    def _generate(self, todo: list[PlannedBatch], epoch: int) -> Iterator[dict[str, Any]]:
+        reader = _ShardReader(self.index, todo)
         labels = None
-        if self.label_dir is not None:
-            labels = _LabelStore(self.label_dir, self.label_rate, self.num_classes)
+        if self.labels is not None:
+            labels = _LabelStore(self.labels, self.label_rate, self.num_classes)
+        warned: set[tuple[str, str]] = set()  # (shard, reason) of shard-wide failures already reported
         try:
             start = 0
             while start < len(todo):
@@ -335,23 +386,41 @@ class ShardBatchDataset(IterableDataset):
                     end += 1
                 group = todo[start:end]
                 rows = list({u.id: u for b in group for u in b.rows}.values())
-                raw, failed = reader.fetch(rows[0].shard, rows)
+                shard = rows[0].shard
+                raw, failed = reader.fetch(shard, rows)
+                shard_errors = {reader.error}
+                if labels is not None:
+                    labels.load(shard)
+                    if labels.error is not None:
+                        shard_errors.add(labels.error)
+                        failed.update({u.id: labels.error for u in rows if u.id not in failed})
+                for why in shard_errors - {None}:
+                    if (shard, why) not in warned and why in failed.values():
+                        warned.add((shard, why))
+                        self._warn_shard(shard, why)
                 for planned in group:
-                    batch = self._make_batch(planned, raw, failed, epoch, labels)
-                    self._progress[1] += 1
-                    yield batch
+                    yield self._make_batch(planned, raw, failed, epoch, labels, shard_errors)
                 start = end
         finally:
             reader.close()
 
-    def _report(self, utt: Utterance, reason: str) -> None:
-        self.decode_failures.append((utt.id, utt.shard, reason))
+    def _warn_shard(self, shard: str, why: str) -> None:
         warnings.warn(
-            f"utterance {utt.id!r} of shard {utt.shard!r} ({self.index.shard_path(utt.shard)}) left out of "
-            f"its batch: {reason} [decode failure {len(self.decode_failures)} in this process]",
+            f"shard {shard!r} ({self.index.shard_where(shard)}): {why}; its remaining utterances in this pass are "
+            "left out of their batches",
             ShardDecodeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+
+    def _report(self, utt: Utterance, reason: str, warn: bool = True) -> None:
+        self.decode_failures.append((utt.id, utt.shard, reason))
+        if warn:
+            warnings.warn(
+                f"utterance {utt.id!r} of shard {utt.shard!r} ({self.index.shard_where(utt.shard)}) left out of "
+                f"its batch: {reason} [decode failure {len(self.decode_failures)} in this process]",
+                ShardDecodeWarning,
+                stacklevel=3,
+            )
 
     def _make_batch(
         self,
@@ -360,13 +429,15 @@ class ShardBatchDataset(IterableDataset):
         failed: dict[str, str],
         epoch: int,
         labels: _LabelStore | None,
+        shard_errors: set[str | None],
     ) -> dict[str, Any]:
         rows, audio = [], []
         for utt in planned.rows:
             if utt.id in failed:
-                self._report(utt, failed[utt.id])
+                # a shard-wide failure was warned about once; a single missing member is warned about here
+                self._report(utt, failed[utt.id], warn=failed[utt.id] not in shard_errors)
                 continue
-            name = f"{self.index.shard_path(utt.shard)}: member '{utt.id}.flac'"
+            name = f"{self.index.shard_where(utt.shard)}: member '{utt.id}.flac'"
             try:
                 wave = decode_flac(raw[utt.id], name)
             except ShardFormatError as err:
@@ -377,12 +448,9 @@ class ShardBatchDataset(IterableDataset):
                 continue
             rows.append(utt)
             audio.append(wave)
+        skipped = len(planned.rows) - len(rows)
         if not rows:
-            raise RuntimeError(
-                f"every utterance of a batch failed to decode ({', '.join(u.id for u in planned.rows)}) in "
-                f"shard {planned.rows[0].shard!r}: the shard is damaged; rebuild it with "
-                "`python -m hubert_lit shard`"
-            )
+            return collate([], [], None if labels is None else [], skipped)
         rng = np.random.default_rng([self.seed, epoch, 2, planned.index]) if self.train else None
         crops = plan_crops(
             [len(a) for a in audio], pad=self.pad, max_sample_size=self.max_sample_size, rng=rng
@@ -391,4 +459,4 @@ class ShardBatchDataset(IterableDataset):
         frame_labels = None
         if labels is not None:
             frame_labels = [crop_labels(labels.get(u), self.label_rate, c) for u, c in zip(rows, crops)]
-        return collate([u.id for u in rows], waves, frame_labels)
+        return collate([u.id for u in rows], waves, frame_labels, skipped)

@@ -6,25 +6,35 @@ chapter, transcript, num_samples, sample_rate and, when an alignment existed, ph
 ``[label, start, end]`` sample offsets). ``index.json`` lists the shards, every utterance (in shard order) and
 every input item the tool skipped, with the reason.
 
+The folder may be local or remote (an ``http(s)://`` or fsspec URL, or a ``pipe:`` command template; see
+:mod:`hubert_lit.data.locations`): :func:`load_index` reads ``index.json`` from it and the returned
+:class:`ShardIndex` opens the shards (:meth:`ShardIndex.read_shard`), streaming remote tars front to back.
+
 The readers here use :mod:`tarfile` directly rather than webdataset so that a damaged shard produces an error
-naming the tar file and the member; the tars stay plain webdataset shards for anyone who prefers its pipelines
-(decode ``.flac`` with :func:`decode_flac`).
+naming the tar file (or URL) and the member; the tars stay plain webdataset shards for anyone who prefers its
+pipelines (decode ``.flac`` with :func:`decode_flac`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
+import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import soundfile as sf
 
 from hubert_lit.constants import SAMPLE_RATE
+from hubert_lit.data.cache import CachedLocation, cache_key
+from hubert_lit.data.fetch import DEFAULT_RETRY, FetchError, RetryPolicy, SourceNotFoundError
+from hubert_lit.data.locations import SHARD_NAME_PATTERN, LocalFolder, Location, parse_location
 
 INDEX_FORMAT = "hubert-lit-shards/1"
 INDEX_FILE = "index.json"
@@ -32,6 +42,10 @@ INDEX_FILE = "index.json"
 
 class ShardFormatError(ValueError):
     """A shard folder, index or tar member does not follow the shard format; the message names the culprit."""
+
+
+class ShardReadError(ShardFormatError):
+    """A shard could not be read to its end (download failed after its retries, file truncated or unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +77,9 @@ class SkippedItem:
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """The validated contents of a shard folder's ``index.json``."""
+    """The validated contents of a shard folder's ``index.json``, and where its shards are."""
 
-    directory: Path
+    location: Location
     sample_rate: int
     seed: int
     roots: tuple[str, ...]
@@ -85,25 +99,65 @@ class ShardIndex:
     def shard_names(self) -> list[str]:
         return [s.name for s in self.shards]
 
+    @property
+    def source(self) -> str:
+        """The folder as given (path or URL, without a password), for messages."""
+        return str(self.location)
+
+    @property
+    def directory(self) -> Path:
+        """The local folder of the shards (ValueError for a remote location)."""
+        if not isinstance(self.location, LocalFolder):
+            raise ValueError(f"{self.location} is not a local folder")
+        return self.location.root
+
     def shard(self, name: str) -> ShardInfo:
         """The shard called ``name`` (file stem); ``KeyError`` naming the folder if there is none."""
-        for s in self.shards:
-            if s.name == name:
-                return s
-        raise KeyError(f"{self.directory / INDEX_FILE}: no shard named {name!r}")
+        if name not in self._by_name:
+            raise KeyError(f"{self.location.describe(INDEX_FILE)}: no shard named {name!r}")
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, ShardInfo]:
+        return {s.name: s for s in self.shards}
+
+    def shard_where(self, name: str) -> str:
+        """Path or URL of the tar file of shard ``name``, for messages."""
+        return self.location.describe(self.shard(name).file)
 
     def shard_path(self, name: str) -> Path:
-        """Path of the tar file of shard ``name``."""
+        """Path of the tar file of shard ``name`` (local folders only)."""
         return self.directory / self.shard(name).file
 
     def shard_paths(self) -> list[Path]:
-        """Paths of all tar files, in index order."""
+        """Paths of all tar files, in index order (local folders only)."""
         return [self.directory / s.file for s in self.shards]
+
+    def read_shard(
+        self, name: str, decode: bool = True, start: int = 0, keep: Collection[str] | None = None
+    ) -> Iterator[Sample]:
+        """:func:`iter_shard` over shard ``name``: a file on the local disk (local folder or cache) is read with
+        random access, so members outside ``keep`` are skipped without reading them; a remote one is streamed."""
+        file = self.shard(name).file
+        where = self.location.describe(file)
+        try:
+            path = self.location.local_file(file)
+            source: Path | BinaryIO = path if path is not None else self.location.open(file)
+        except (OSError, ValueError) as err:
+            raise ShardReadError(f"{where}: cannot be opened ({err})") from err
+        return iter_shard(source, decode=decode, start=start, keep=keep, name=where)
+
+    @functools.cached_property
+    def _by_shard(self) -> dict[str, list[UtteranceInfo]]:
+        by_shard: dict[str, list[UtteranceInfo]] = {s.name: [] for s in self.shards}
+        for u in self.utterances:
+            by_shard[u.shard].append(u)
+        return by_shard
 
     def utterances_in(self, name: str) -> list[UtteranceInfo]:
         """The utterances of shard ``name``, in tar order."""
         self.shard(name)
-        return [u for u in self.utterances if u.shard == name]
+        return list(self._by_shard[name])
 
 
 class Sample(NamedTuple):
@@ -139,9 +193,15 @@ def _count(entry: dict, key: str, where: str) -> int:
     return value
 
 
-def parse_index(data: Any, directory: Path, check_files: bool = True) -> ShardIndex:
-    """Validate the decoded JSON of an ``index.json`` found in ``directory`` and return it as a ShardIndex."""
-    where = str(directory / INDEX_FILE)
+def parse_index(data: Any, directory: str | os.PathLike | Location, check_files: bool = True) -> ShardIndex:
+    """Validate the decoded JSON of an ``index.json`` found in ``directory`` (a local folder or a
+    :class:`~hubert_lit.data.locations.Location`) and return it as a ShardIndex.
+
+    ``check_files`` checks that every tar file exists (local folders only). Shard names of a remote index must
+    match ``shard-NNNNNN``: they go into URLs and ``pipe:`` commands.
+    """
+    location = directory if isinstance(directory, Location) else LocalFolder(directory)
+    where = location.describe(INDEX_FILE)
     fmt = _field(data, "format", str, where)
     if fmt != INDEX_FORMAT:
         raise ShardFormatError(f"{where}: format is {fmt!r}, expected {INDEX_FORMAT!r}")
@@ -164,10 +224,14 @@ def parse_index(data: Any, directory: Path, check_files: bool = True) -> ShardIn
         )
         if Path(shard.file).name != shard.file or Path(shard.file).stem != shard.name:
             raise ShardFormatError(f"{at}.file: {shard.file!r} is not '{shard.name}.tar' in the shard folder")
+        if not location.is_local and not SHARD_NAME_PATTERN.fullmatch(shard.name):
+            raise ShardFormatError(
+                f"{at}.name: {shard.name!r} is not a shard name (shard-NNNNNN); refused for a remote folder"
+            )
         if any(s.name == shard.name for s in shards):
             raise ShardFormatError(f"{at}.name: shard {shard.name!r} is listed twice")
-        if check_files and not (directory / shard.file).is_file():
-            raise ShardFormatError(f"{at}.file: {directory / shard.file} does not exist")
+        if check_files and location.is_local and not (location.root / shard.file).is_file():
+            raise ShardFormatError(f"{at}.file: {location.root / shard.file} does not exist")
         shards.append(shard)
 
     known = {s.name for s in shards}
@@ -208,7 +272,7 @@ def parse_index(data: Any, directory: Path, check_files: bool = True) -> ShardIn
         )
 
     return ShardIndex(
-        directory=directory,
+        location=location,
         sample_rate=sample_rate,
         seed=seed,
         roots=roots,
@@ -218,19 +282,40 @@ def parse_index(data: Any, directory: Path, check_files: bool = True) -> ShardIn
     )
 
 
-def load_index(shard_dir: str | Path) -> ShardIndex:
-    """Read and validate ``<shard_dir>/index.json``; ShardFormatError naming the file and key if malformed."""
-    directory = Path(shard_dir)
-    path = directory / INDEX_FILE
-    if not path.is_file():
-        raise ShardFormatError(
-            f"{path} not found: {directory} is not a shard folder (write one with `python -m hubert_lit shard`)"
-        )
+def load_index(
+    shard_dir: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> ShardIndex:
+    """Read and validate ``<shard_dir>/index.json``; ShardFormatError naming the file and key if malformed.
+
+    ``shard_dir`` is a local folder or a remote location (:func:`hubert_lit.data.locations.parse_location`);
+    ``cache_dir`` keeps a copy of every remote shard once it has been read (local folders are read in place);
+    ``retry`` says how often a dropped download is resumed. ``index.json`` itself is always read afresh.
+    """
+    location = parse_location(shard_dir, retry)
+    where = location.describe(INDEX_FILE)
+    missing = ShardFormatError(
+        f"{where} not found: {location} is not a shard folder (write one with `python -m hubert_lit shard`)"
+    )
+    if location.is_local and not location.local_file(INDEX_FILE).is_file():
+        raise missing
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = location.read_bytes(INDEX_FILE)
+    except (SourceNotFoundError, FileNotFoundError) as err:
+        raise missing from err
+    except FetchError as err:
+        raise ShardReadError(str(err)) from err
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ShardFormatError(f"{path}: not valid JSON ({err})") from err
-    return parse_index(data, directory)
+        raise ShardFormatError(f"{where}: not valid JSON ({err})") from err
+    index = parse_index(data, location)
+    if cache_dir is not None and not location.is_local:
+        cached = CachedLocation(location, cache_dir, cache_key(location, raw))
+        index = dataclasses.replace(index, location=cached)
+    return index
 
 
 # ---------------------------------------------------------------------------------------------- audio
@@ -282,7 +367,7 @@ def _parse_meta(data: bytes, where: str) -> dict[str, Any]:
     return _expect(meta, dict, where)
 
 
-def _make_sample(tar_path: Path, key: str, members: dict[str, tuple[str, bytes]], decode: bool) -> Sample:
+def _make_sample(tar_path: str, key: str, members: dict[str, tuple[str, bytes]], decode: bool) -> Sample:
     for ext in ("flac", "json"):
         if ext not in members:
             raise ShardFormatError(f"{tar_path}: sample {key!r} has no member '{key}.{ext}'")
@@ -304,21 +389,41 @@ def _make_sample(tar_path: Path, key: str, members: dict[str, tuple[str, bytes]]
     return Sample(key, audio, meta)
 
 
-def iter_shard(tar_path: str | Path, decode: bool = True, start: int = 0) -> Iterator[Sample]:
+def _open_tar(source: str | os.PathLike | BinaryIO) -> tarfile.TarFile:
+    if isinstance(source, (str, os.PathLike)):
+        # Random access: members that are not read are seeked over, not read.
+        return tarfile.open(source, mode="r:")
+    return tarfile.open(fileobj=source, mode="r|")
+
+
+def iter_shard(
+    tar: str | os.PathLike | BinaryIO,
+    decode: bool = True,
+    start: int = 0,
+    keep: Collection[str] | None = None,
+    name: str | None = None,
+) -> Iterator[Sample]:
     """Yield the samples of one shard tar in tar order, from the ``start``-th (earlier ones are not decoded).
 
-    With ``decode=True`` the audio is a float32 array (checked against the metadata's ``num_samples``), otherwise
-    the raw FLAC bytes. Any unreadable tar, member, FLAC or JSON raises :class:`ShardFormatError` naming the tar
-    file and the member.
+    ``tar`` is a path (read with random access) or a binary stream (read front to back, then closed); ``name``
+    names it in errors (default: the path). With ``keep``, only samples whose id is in it are yielded, and the
+    member data of the others is never read. With ``decode=True`` the audio is a float32 array (checked against
+    the metadata's ``num_samples``), otherwise the raw FLAC bytes. Any unreadable tar, member, FLAC or JSON raises
+    :class:`ShardFormatError` naming the tar file and the member; a stream that breaks off (a download that
+    failed after its retries) raises :class:`ShardReadError`.
     """
-    tar_path = Path(tar_path)
+    tar_path = name if name is not None else str(tar)
     position = 0  # index of the sample being assembled
     key: str | None = None
     members: dict[str, tuple[str, bytes]] = {}
     done: set[str] = set()
+
+    def wanted(sample_key: str | None) -> bool:
+        return position >= start and (keep is None or sample_key in keep)
+
     try:
-        with tarfile.open(tar_path, mode="r|") as tar:
-            for info in tar:
+        with _open_tar(tar) as archive:
+            for info in archive:
                 if not info.isfile():
                     raise ShardFormatError(f"{tar_path}: member {info.name!r} is not a regular file")
                 member_key, ext = split_member_name(info.name)
@@ -326,7 +431,7 @@ def iter_shard(tar_path: str | Path, decode: bool = True, start: int = 0) -> Ite
                     raise ShardFormatError(f"{tar_path}: member {info.name!r} is not a .flac or .json member")
                 if member_key != key:
                     if key is not None:
-                        if position >= start:
+                        if wanted(key):
                             yield _make_sample(tar_path, key, members, decode)
                         done.add(key)
                         position += 1
@@ -338,26 +443,31 @@ def iter_shard(tar_path: str | Path, decode: bool = True, start: int = 0) -> Ite
                     key, members = member_key, {}
                 if ext in members:
                     raise ShardFormatError(f"{tar_path}: member {info.name!r} appears twice")
-                stream = tar.extractfile(info)
+                if not wanted(member_key):
+                    members[ext] = (info.name, b"")
+                    continue
+                stream = archive.extractfile(info)
                 try:
                     data = stream.read() if stream is not None else b""
                 except (tarfile.TarError, OSError, EOFError) as err:
-                    raise ShardFormatError(
-                        f"{tar_path}: member {info.name!r} cannot be read ({err})"
-                    ) from err
+                    raise ShardReadError(f"{tar_path}: member {info.name!r} cannot be read ({err})") from err
                 if len(data) != info.size:
-                    raise ShardFormatError(
+                    raise ShardReadError(
                         f"{tar_path}: member {info.name!r} is truncated ({len(data)} of {info.size} bytes)"
                     )
                 members[ext] = (info.name, data)
-    except (tarfile.TarError, EOFError) as err:
+    except (tarfile.TarError, EOFError, OSError) as err:
         where = f"after member '{key}'" if key else "at the start"
-        raise ShardFormatError(f"{tar_path}: not a readable tar file ({where}: {err})") from err
-    if key is not None and position >= start:
+        raise ShardReadError(f"{tar_path}: not a readable tar file ({where}: {err})") from err
+    finally:
+        if not isinstance(tar, (str, os.PathLike)):
+            tar.close()
+    if key is not None and wanted(key):
         yield _make_sample(tar_path, key, members, decode)
 
 
 def iter_shards(shard_dir: str | Path, decode: bool = True) -> Iterator[Sample]:
-    """Yield every sample of a shard folder, shard by shard in index order."""
-    for path in load_index(shard_dir).shard_paths():
-        yield from iter_shard(path, decode=decode)
+    """Yield every sample of a shard folder (local or remote), shard by shard in index order."""
+    index = load_index(shard_dir)
+    for name in index.shard_names:
+        yield from index.read_shard(name, decode=decode)

@@ -23,15 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shards",
-        type=Path,
         required=True,
-        help="shard folder (index.json + shard-*.tar) written by `python -m hubert_lit shard`",
+        help="shard folder (index.json + shard-*.tar) written by `python -m hubert_lit shard`: a local folder, an "
+        "http(s):// URL of one, an fsspec URL (s3://, gs://: pip install 'hubert-lit[s3]' / '[gcs]') or "
+        "'pipe:<command writing file {name} to stdout>'",
     )
     p.add_argument(
         "--out",
         type=Path,
         required=True,
-        help="labels folder to write (meta.json, centroids.npy, <shard name>.labels.npz)",
+        help="local labels folder to write (meta.json, centroids.npy, <shard name>.labels.npz)",
     )
     p.add_argument(
         "--features",
@@ -143,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the labels, meta.json and centroids.npy of an existing labels folder",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the interrupted run that wrote --out: keep the shards whose labels files are complete and "
+        "the k-means fit recorded in its meta.json (no new fit), after checking that the record (k, features, "
+        "k-means settings and seed, centroids hash, shards) matches this command",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep a local copy of remote shards once read, so the second pass does not download them again",
+    )
+    p.add_argument(
         "--dist-timeout-minutes",
         type=float,
         default=240.0,
@@ -185,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             dist_timeout_minutes=args.dist_timeout_minutes,
+            resume=args.resume,
+            cache_dir=args.cache_dir,
         )
     except LabelError as err:
         print(f"error: {err}", file=sys.stderr)

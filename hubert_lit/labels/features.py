@@ -22,7 +22,7 @@ import torch
 
 from hubert_lit.constants import FRAME_HOP, FRAME_RATE, FRAME_WINDOW
 from hubert_lit.data.label_files import expected_label_frames
-from hubert_lit.data.shardio import Sample, ShardFormatError, ShardIndex, decode_flac, iter_shard
+from hubert_lit.data.shardio import Sample, ShardFormatError, ShardIndex, decode_flac
 from hubert_lit.labels.mfcc import MFCC_DESCRIPTION, MFCC_DIM, MFCC_FRAME_RATE, mfcc_features
 
 DEFAULT_MAX_CHUNK_SAMPLES = 1_600_000  # 100 s, fairseq's dump_hubert_feature.py --max_chunk
@@ -211,26 +211,26 @@ def utterance_ids_by_shard(index: ShardIndex) -> dict[str, list[str]]:
 
 
 def iter_shard_utterances(
-    path: Path, shard_name: str, listed: list[str], errors: list[ReadError], wanted: set[str] | None = None
+    index: ShardIndex, shard_name: str, errors: list[ReadError], wanted: set[str] | None = None
 ) -> Iterator[Sample]:
-    """Yield the decoded utterances of the shard tar ``path`` (only ids in ``wanted`` when given), in tar order.
+    """Yield the decoded utterances of shard ``shard_name`` of ``index`` (only ids in ``wanted`` when given), in tar
+    order; the shard may be local or remote, and the member data of utterances not wanted is never read.
 
-    ``listed`` are the ids ``index.json`` gives for the shard. Every utterance that cannot be read is appended to
-    ``errors`` and skipped: an undecodable FLAC or a sample count that disagrees with the metadata costs that
-    utterance; a damaged tar or JSON member ends the shard, and the listed utterances never reached are reported
-    one by one.
+    Every utterance that cannot be read is appended to ``errors`` and skipped: an undecodable FLAC or a sample
+    count that disagrees with the metadata costs that utterance; a damaged tar or JSON member, or a download that
+    fails after its retries, ends the shard, and the listed utterances never reached are reported one by one.
     """
+    listed = [u.id for u in index.utterances_in(shard_name)]
+    where = index.shard_where(shard_name)
     seen: set[str] = set()
     try:
-        for sample in iter_shard(path, decode=False):
+        for sample in index.read_shard(shard_name, decode=False, keep=wanted):
             seen.add(sample.id)
-            if wanted is not None and sample.id not in wanted:
-                continue
             try:
-                audio = decode_flac(sample.audio, f"{path}: member '{sample.id}.flac'")
+                audio = decode_flac(sample.audio, f"{where}: member '{sample.id}.flac'")
                 if sample.meta.get("num_samples") != len(audio):
                     raise ShardFormatError(
-                        f"{path}: member '{sample.id}.flac' has {len(audio)} samples but its JSON says "
+                        f"{where}: member '{sample.id}.flac' has {len(audio)} samples but its JSON says "
                         f"num_samples={sample.meta.get('num_samples')!r}"
                     )
             except ShardFormatError as err:
@@ -239,9 +239,9 @@ def iter_shard_utterances(
             yield Sample(sample.id, audio, sample.meta)
     except ShardFormatError as err:
         errors.append(ReadError(shard_name, SHARD_ITEM, str(err)))
-        why = f"listed in index.json but not read: {path} broke off before it"
+        why = f"listed in index.json but not read: {where} broke off before it"
     else:
-        why = f"listed in index.json but not found in {path}"
+        why = f"listed in index.json but not found in {where}"
     for utt_id in listed:
         if utt_id not in seen and (wanted is None or utt_id in wanted):
             errors.append(ReadError(shard_name, utt_id, why))

@@ -8,6 +8,10 @@ Two streaming passes over the shards, never holding more than the fit sample in 
    centroids;
 2. every utterance is assigned to its nearest centroid; each process writes the label files of its shards.
 
+The shards may be local or remote (:mod:`hubert_lit.data.locations`); the labels folder is written locally. The
+fit is recorded in ``meta.json`` before any label is written and every shard's completion after its labels file,
+so ``resume=True`` (``label --resume``) finishes a killed run without a new fit (:mod:`hubert_lit.labels.resume`).
+
 The output follows the label-file format of :mod:`hubert_lit.data.label_files`: ``meta.json``,
 ``<shard name>.labels.npz`` per input shard, plus ``centroids.npy``. When the shards carry phone alignments,
 phone purity, cluster purity and PNMI are printed and stored in ``meta.json``. A run with N processes writes the
@@ -17,6 +21,7 @@ same files as a single-process run. The command line is :mod:`hubert_lit.labels.
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 import time
 from collections.abc import Iterable
@@ -29,15 +34,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hubert_lit.atomic import atomic_write
 from hubert_lit.constants import SAMPLE_RATE
+from hubert_lit.data.fetch import FetchError
 from hubert_lit.data.label_files import (
+    INCOMPLETE,
     LABELS_SUFFIX,
     META_FILE,
     expected_label_frames,
+    labels_path,
     load_label_meta,
     save_label_meta,
     save_shard_labels,
 )
+from hubert_lit.data.locations import LocationError
 from hubert_lit.data.shardio import ShardFormatError, ShardIndex, load_index
 from hubert_lit.labels.distributed import DistContext
 from hubert_lit.labels.features import (
@@ -48,11 +58,20 @@ from hubert_lit.labels.features import (
     HubertLayerFeatures,
     MfccFeatures,
     ReadError,
+    file_sha256,
     iter_shard_utterances,
     utterance_ids_by_shard,
 )
 from hubert_lit.labels.kmeans import Assigner, faiss_num_gpus, fit_kmeans
 from hubert_lit.labels.quality import PhoneClusterCounts, format_quality, frame_phone_ids, quality_report
+from hubert_lit.labels.resume import (
+    FIT_OPTION_KEYS,
+    check_fit_record,
+    clear_progress,
+    index_digest,
+    read_done_shards,
+    write_progress,
+)
 
 LABELS_FORMAT = "hubert-lit-labels/1"
 CENTROIDS_FILE = "centroids.npy"
@@ -113,7 +132,7 @@ def select_fit_utterances(
 
 @dataclass
 class RankReport:
-    """What one process labelled and could not read; merged on rank 0."""
+    """What one process (or one shard) labelled and could not read; merged on rank 0."""
 
     utterances: int = 0
     frames: int = 0
@@ -121,6 +140,39 @@ class RankReport:
     unreadable: list[ReadError] = field(default_factory=list)
     bad_alignments: list[ReadError] = field(default_factory=list)
     counts: PhoneClusterCounts | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able copy (the progress record of a shard, for ``--resume``)."""
+        counts = self.counts
+        return {
+            "utterances": self.utterances,
+            "frames": self.frames,
+            "samples": self.samples,
+            "unreadable": [e.to_dict() for e in self.unreadable],
+            "bad_alignments": [e.to_dict() for e in self.bad_alignments],
+            "unaligned_frames": counts.unaligned_frames,
+            "counts": {
+                p: [[int(z), int(n)] for z, n in enumerate(row) if n] for p, row in counts.counts.items()
+            },
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], num_classes: int) -> RankReport:
+        counts = PhoneClusterCounts(num_classes)
+        counts.unaligned_frames = record["unaligned_frames"]
+        for phone, pairs in record["counts"].items():
+            row = np.zeros(num_classes, dtype=np.int64)
+            for cluster, n in pairs:
+                row[cluster] = n
+            counts.counts[phone] = row
+        return cls(
+            utterances=record["utterances"],
+            frames=record["frames"],
+            samples=record["samples"],
+            unreadable=[ReadError(**e) for e in record["unreadable"]],
+            bad_alignments=[ReadError(**e) for e in record["bad_alignments"]],
+            counts=counts,
+        )
 
 
 class Progress:
@@ -153,17 +205,59 @@ def shards_of_rank(index: ShardIndex, ctx: DistContext) -> list[str]:
 def gather_fit_features(
     index: ShardIndex, shards: list[str], extractor: FeatureExtractor, wanted: set[str], show: bool
 ) -> dict[str, np.ndarray]:
-    """Pass 1: features of the fit-sample utterances in ``shards`` (read errors are reported in pass 2)."""
+    """Pass 1: features of the fit-sample utterances in ``shards`` (read errors are reported in pass 2); shards
+    without one are not read at all."""
     listed = utterance_ids_by_shard(index)
     progress = Progress(sum(1 for s in shards for i in listed[s] if i in wanted), "fit sample", show)
     features: dict[str, np.ndarray] = {}
     ignored: list[ReadError] = []
     for shard in shards:
-        for sample in iter_shard_utterances(index.shard_path(shard), shard, listed[shard], ignored, wanted):
+        if wanted.isdisjoint(listed[shard]):
+            continue
+        for sample in iter_shard_utterances(index, shard, ignored, wanted):
             features[sample.id] = extractor(sample.audio)
             progress.update(len(sample.audio))
     progress.close()
     return features
+
+
+def label_one_shard(
+    index: ShardIndex,
+    shard: str,
+    extractor: FeatureExtractor,
+    assigner: Assigner,
+    out_dir: Path,
+    label_dtype: np.dtype,
+    progress: Progress,
+) -> RankReport:
+    """Label every utterance of ``shard`` and write its labels file, then its progress record (for ``--resume``)."""
+    report = RankReport(counts=PhoneClusterCounts(assigner.num_classes))
+    labels: dict[str, np.ndarray] = {}
+    for sample in iter_shard_utterances(index, shard, report.unreadable):
+        codes = assigner(extractor(sample.audio))
+        expected = expected_label_frames(len(sample.audio), extractor.label_rate)
+        if len(codes) != expected:
+            raise RuntimeError(
+                f"{sample.id}: {len(codes)} feature frames for {len(sample.audio)} samples, expected {expected}"
+            )
+        labels[sample.id] = codes.astype(label_dtype)
+        report.utterances += 1
+        report.frames += len(codes)
+        report.samples += len(sample.audio)
+        phones = sample.meta.get("phones")
+        if phones is not None:
+            try:
+                names, phone_ids = frame_phone_ids(
+                    phones, len(codes), extractor.label_rate, where=f"{sample.id}: phones"
+                )
+            except ValueError as err:
+                report.bad_alignments.append(ReadError(shard, sample.id, str(err)))
+            else:
+                report.counts.add_ids(names, phone_ids, codes)
+        progress.update(len(sample.audio))
+    path = save_shard_labels(out_dir, shard, labels)
+    write_progress(out_dir, shard, {**report.to_record(), "labels_sha256": file_sha256(path)})
+    return report
 
 
 def label_shards(
@@ -176,36 +270,11 @@ def label_shards(
     show: bool,
 ) -> RankReport:
     """Pass 2: label every utterance of ``shards``, write one labels file per shard, count phone/cluster pairs."""
-    report = RankReport(counts=PhoneClusterCounts(assigner.num_classes))
     listed = utterance_ids_by_shard(index)
     progress = Progress(sum(len(listed[s]) for s in shards), "labelling", show)
-    for shard in shards:
-        labels: dict[str, np.ndarray] = {}
-        for sample in iter_shard_utterances(index.shard_path(shard), shard, listed[shard], report.unreadable):
-            codes = assigner(extractor(sample.audio))
-            expected = expected_label_frames(len(sample.audio), extractor.label_rate)
-            if len(codes) != expected:
-                raise RuntimeError(
-                    f"{sample.id}: {len(codes)} feature frames for {len(sample.audio)} samples, expected {expected}"
-                )
-            labels[sample.id] = codes.astype(label_dtype)
-            report.utterances += 1
-            report.frames += len(codes)
-            report.samples += len(sample.audio)
-            phones = sample.meta.get("phones")
-            if phones is not None:
-                try:
-                    names, phone_ids = frame_phone_ids(
-                        phones, len(codes), extractor.label_rate, where=f"{sample.id}: phones"
-                    )
-                except ValueError as err:
-                    report.bad_alignments.append(ReadError(shard, sample.id, str(err)))
-                else:
-                    report.counts.add_ids(names, phone_ids, codes)
-            progress.update(len(sample.audio))
-        save_shard_labels(out_dir, shard, labels)
+    reports = [label_one_shard(index, s, extractor, assigner, out_dir, label_dtype, progress) for s in shards]
     progress.close()
-    return report
+    return merge_reports(reports, assigner.num_classes)
 
 
 def merge_reports(reports: Iterable[RankReport], num_classes: int) -> RankReport:
@@ -275,7 +344,7 @@ def load_centroids(label_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def existing_label_files(out_dir: Path) -> list[Path]:
-    """The files of an earlier labelling run in ``out_dir`` (what --overwrite replaces)."""
+    """The files of an earlier labelling run in ``out_dir`` (what --overwrite replaces, with ``.progress/``)."""
     if not out_dir.is_dir():
         return []
     names = [META_FILE, CENTROIDS_FILE]
@@ -429,8 +498,134 @@ class LabelSummary:
     quality: dict[str, Any] | None
 
 
+@dataclass
+class _Start:
+    """What rank 0 found in ``--out`` before the run: an earlier fit to reuse and the shards already done, or a
+    finished folder (``complete``)."""
+
+    centroids: np.ndarray | None = None
+    kmeans_info: dict[str, Any] | None = None
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    complete: LabelSummary | None = None
+
+
+def _summary_of(out_dir: Path, meta: dict[str, Any]) -> LabelSummary:
+    labelled = meta["labelled"]
+    return LabelSummary(
+        out_dir,
+        meta["num_classes"],
+        meta["label_rate"],
+        labelled["utterances"],
+        labelled["frames"],
+        meta["unreadable"]["count"],
+        meta.get("quality"),
+    )
+
+
+def _clear(out_dir: Path) -> None:
+    for path in existing_label_files(out_dir):
+        path.unlink()
+    clear_progress(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare(out_dir: Path, resume: bool, requested: dict[str, Any], index: ShardIndex) -> _Start:
+    """Rank 0: empty ``out_dir`` for a fresh run, or find what an earlier run of the same fit left there."""
+    if not resume:
+        _clear(out_dir)
+        return _Start()
+    meta_path = out_dir / META_FILE
+    if not meta_path.is_file():
+        if any(p.name.endswith(LABELS_SUFFIX) for p in existing_label_files(out_dir)):
+            raise LabelError(
+                f"--resume: {out_dir} holds label files but no meta.json record of their fit (written by an "
+                "older version of this tool?); pass --overwrite to start over"
+            )
+        print(f"--resume: no earlier fit recorded in {out_dir}; starting from the beginning", flush=True)
+        _clear(out_dir)  # at most centroids.npy of a run killed before it recorded its fit
+        return _Start()
+    try:
+        meta = load_label_meta(out_dir, allow_incomplete=True)
+        check_fit_record(meta, requested, str(meta_path))
+    except ValueError as err:
+        raise LabelError(str(err)) from err
+    centroids_path = out_dir / CENTROIDS_FILE
+    recorded = meta["kmeans"].get("centroids_sha256")
+    if not centroids_path.is_file() or file_sha256(centroids_path) != recorded:
+        raise LabelError(
+            f"--resume: {centroids_path} is missing or is not the one {meta_path} records; pass --overwrite to "
+            "start over"
+        )
+    if meta.get("status") != INCOMPLETE:
+        clear_progress(out_dir)  # killed after the final meta.json was written
+        print(f"--resume: {out_dir} is complete; nothing to do", flush=True)
+        return _Start(complete=_summary_of(out_dir, meta))
+    done = read_done_shards(out_dir, index.shard_names, lambda shard: labels_path(out_dir, shard))
+    print(
+        f"--resume: {len(done)} of {len(index.shards)} shards already labelled in {out_dir}; labelling the rest "
+        "with the centroids of the earlier fit (no new fit)",
+        flush=True,
+    )
+    centroids = np.load(centroids_path, allow_pickle=False)
+    return _Start(centroids, dict(meta["kmeans"]), done)
+
+
+def _npy_bytes(centroids: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, centroids)
+    return buffer.getvalue()
+
+
+def _save_centroids(out_dir: Path, centroids: np.ndarray) -> str:
+    """Write ``centroids.npy`` atomically; the SHA-256 of the file."""
+    data = _npy_bytes(centroids)
+    atomic_write(out_dir / CENTROIDS_FILE, lambda f: f.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fit(
+    index: ShardIndex,
+    clusters: int,
+    kmeans: KMeansOptions,
+    ctx: DistContext,
+    extractor: FeatureExtractor,
+    show: bool,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pass 1 and the k-means fit: every rank gathers its shards' share of the fit sample, rank 0 fits."""
+    selection = select_fit_utterances(
+        index, kmeans.fit_fraction, kmeans.seed, kmeans.max_fit_frames, extractor.label_rate
+    )
+    if ctx.is_main and selection.capped:
+        print(
+            f"fit sample capped by --max-fit-frames {kmeans.max_fit_frames}: {len(selection.ids)} of "
+            f"{selection.candidates} selected utterances kept",
+            flush=True,
+        )
+    local = gather_fit_features(index, shards_of_rank(index, ctx), extractor, set(selection.ids), show)
+    gathered = ctx.gather(local)
+    del local
+    outcome: tuple[np.ndarray, dict[str, Any]] | LabelError | None = None
+    if ctx.is_main:
+        try:
+            outcome = fit_on_rank0(clusters, kmeans, gathered, selection, extractor.dim)
+        except LabelError as err:
+            outcome = err
+    del gathered
+    outcome = ctx.broadcast(outcome)
+    if isinstance(outcome, LabelError):
+        raise outcome
+    centroids, kmeans_info = outcome
+    if ctx.is_main:
+        print(
+            f"inertia {kmeans_info['inertia_per_frame']:.4f} per frame after "
+            f"{kmeans_info['coarse_iterations']} coarse + {kmeans_info['iterations']} full Lloyd iterations",
+            flush=True,
+        )
+    return centroids, kmeans_info
+
+
 def _run(
-    shards_dir: Path,
+    shards_spec: str,
     out_dir: Path,
     clusters: int,
     kmeans: KMeansOptions,
@@ -440,60 +635,81 @@ def _run(
     source: tuple[np.ndarray, dict[str, Any]] | None,
     source_dir: Path | None,
     progress: bool,
+    resume: bool,
 ) -> LabelSummary:
     show = ctx.is_main and progress
-    shards = shards_of_rank(index, ctx)
     label_rate = extractor.label_rate
+    label_dtype = np.dtype(np.int16 if clusters <= np.iinfo(np.int16).max else np.int32)
+    source_record = {
+        "shards": shards_spec,
+        "num_shards": len(index.shards),
+        "num_utterances": index.num_utterances,
+        "index_sha256": index_digest(index),
+    }
+    # what decides the labels: checked against meta.json's record by --resume
+    requested: dict[str, Any] = {
+        "num_classes": clusters,
+        "label_rate": label_rate,
+        "index": source_record["index_sha256"],
+        "features": {k: extractor.description().get(k) for k in FEATURE_IDENTITY_KEYS},
+    }
+    if source is not None:
+        centroids_from = str(source_dir.resolve())
+        requested["kmeans"] = {
+            "centroids_from": centroids_from,
+            "centroids_sha256": hashlib.sha256(_npy_bytes(source[0])).hexdigest(),
+        }
+    else:
+        requested["kmeans"] = {k: getattr(kmeans, k) for k in FIT_OPTION_KEYS}
 
+    start: _Start | LabelError | None = None
     if ctx.is_main:
-        for path in existing_label_files(out_dir):
-            path.unlink()
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            start = _prepare(out_dir, resume, requested, index)
+        except LabelError as err:
+            start = err
+    start = ctx.broadcast(start)
+    if isinstance(start, LabelError):
+        raise start
+    if start.complete is not None:
+        return start.complete
+
+    if start.centroids is not None:
+        centroids, kmeans_info = start.centroids, start.kmeans_info
+    else:
+        if source is not None:
+            centroids = source[0]
+            kmeans_info = dict(source[1]["kmeans"], centroids_from=centroids_from)
+        else:
+            centroids, kmeans_info = _fit(index, clusters, kmeans, ctx, extractor, show)
+        if ctx.is_main:
+            # Recorded before any label is written: what --resume checks and reuses after a kill.
+            kmeans_info["centroids_sha256"] = _save_centroids(out_dir, centroids)
+            save_label_meta(
+                out_dir,
+                {
+                    "format": LABELS_FORMAT,
+                    "status": INCOMPLETE,
+                    "label_rate": label_rate,
+                    "num_classes": clusters,
+                    "label_dtype": label_dtype.name,
+                    "features": extractor.description(),
+                    "kmeans": kmeans_info,
+                    "source": source_record,
+                },
+            )
     ctx.barrier()
 
-    if source is not None:
-        centroids, source_meta = source
-        kmeans_info = dict(source_meta["kmeans"], centroids_from=str(source_dir.resolve()))
-    else:
-        selection = select_fit_utterances(
-            index, kmeans.fit_fraction, kmeans.seed, kmeans.max_fit_frames, label_rate
-        )
-        if ctx.is_main and selection.capped:
-            print(
-                f"fit sample capped by --max-fit-frames {kmeans.max_fit_frames}: {len(selection.ids)} of "
-                f"{selection.candidates} selected utterances kept",
-                flush=True,
-            )
-        local = gather_fit_features(index, shards, extractor, set(selection.ids), show)
-        gathered = ctx.gather(local)
-        del local
-        outcome: tuple[np.ndarray, dict[str, Any]] | LabelError | None = None
-        if ctx.is_main:
-            try:
-                outcome = fit_on_rank0(clusters, kmeans, gathered, selection, extractor.dim)
-            except LabelError as err:
-                outcome = err
-        del gathered
-        outcome = ctx.broadcast(outcome)
-        if isinstance(outcome, LabelError):
-            raise outcome
-        centroids, kmeans_info = outcome
-        if ctx.is_main:
-            print(
-                f"inertia {kmeans_info['inertia_per_frame']:.4f} per frame after "
-                f"{kmeans_info['coarse_iterations']} coarse + {kmeans_info['iterations']} full Lloyd iterations",
-                flush=True,
-            )
-    if ctx.is_main:
-        np.save(out_dir / CENTROIDS_FILE, centroids)
-
     assigner = Assigner(centroids, gpu_device=ctx.local_rank)
-    label_dtype = np.dtype(np.int16 if clusters <= np.iinfo(np.int16).max else np.int32)
-    mine = label_shards(index, shards, extractor, assigner, out_dir, label_dtype, show)
+    todo = [s for s in index.shard_names if s not in start.done]
+    mine = label_shards(
+        index, todo[ctx.rank :: ctx.world_size], extractor, assigner, out_dir, label_dtype, show
+    )
     reports = ctx.gather(mine)
     summary = None
     if ctx.is_main:
-        merged = merge_reports(reports, clusters)
+        kept = [RankReport.from_record(r, clusters) for r in start.done.values()]
+        merged = merge_reports([*reports, *kept], clusters)
         quality = quality_report(merged.counts)
         meta = {
             "format": LABELS_FORMAT,
@@ -502,11 +718,7 @@ def _run(
             "label_dtype": label_dtype.name,
             "features": extractor.description(),
             "kmeans": kmeans_info,
-            "source": {
-                "shards": str(shards_dir.resolve()),
-                "num_shards": len(index.shards),
-                "num_utterances": index.num_utterances,
-            },
+            "source": source_record,
             "labelled": {
                 "utterances": merged.utterances,
                 "frames": merged.frames,
@@ -523,6 +735,7 @@ def _run(
             "quality": quality,
         }
         save_label_meta(out_dir, meta)
+        clear_progress(out_dir)
         print(
             f"labelled {merged.utterances} utterances ({merged.frames} frames at {label_rate} Hz, "
             f"{merged.samples / SAMPLE_RATE / 3600:.3f} h) into {out_dir}",
@@ -570,12 +783,15 @@ def label_corpus(
     overwrite: bool = False,
     progress: bool = True,
     dist_timeout_minutes: float = 240.0,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> LabelSummary:
     """Label every utterance of the shard folder ``shards`` into the labels folder ``out``.
 
     Args:
-        shards: shard folder (``index.json`` + tars) written by ``python -m hubert_lit shard``.
-        out: labels folder to write (``meta.json``, ``centroids.npy``, ``<shard>.labels.npz``).
+        shards: shard folder (``index.json`` + tars) written by ``python -m hubert_lit shard``: a local folder, an
+            ``http(s)://`` or fsspec URL, or a ``pipe:`` template (:mod:`hubert_lit.data.locations`).
+        out: labels folder to write (``meta.json``, ``centroids.npy``, ``<shard>.labels.npz``), local.
         features: the features to cluster; may be left out with ``centroids`` (then recorded in that folder).
         clusters: k; may be left out with ``centroids``.
         centroids: labels folder of an earlier run whose centroids label these shards without a fit (dev/test
@@ -585,30 +801,38 @@ def label_corpus(
         overwrite: replace the labels of an existing labels folder.
         progress: progress bars on rank 0.
         dist_timeout_minutes: how long processes wait for each other (rank 0 fits while the others wait).
+        resume: finish the run that wrote ``out`` (killed, or still complete): keep the shards whose labels files
+            are complete and the fit recorded in ``meta.json`` (no new fit), after checking that the record (k,
+            features, k-means settings and seed, centroids hash, shards) is what this run asks for.
+        cache_dir: keep a local copy of remote shards once read (pass 2 then reads them from the disk).
 
-    Under torchrun (``WORLD_SIZE > 1``) the shards are split across processes; the output is the same.
+    Under torchrun (``WORLD_SIZE > 1``) the shards are split across processes; the output is the same, and so is
+    the output of a run that was killed and resumed.
     Raises :class:`LabelError` for bad input, naming the option or file.
     """
-    shards_dir, out_dir = Path(shards), Path(out)
+    out_dir = Path(out)
     source_dir = Path(centroids) if centroids is not None else None
     try:
+        if resume and overwrite:
+            raise LabelError("--resume and --overwrite exclude each other")
         source = load_centroids(source_dir) if source_dir is not None else None
         features, clusters = resolve_options(
             features, clusters, kmeans, source[1] if source else None, source_dir
         )
         if source_dir is not None and source_dir.resolve() == out_dir.resolve():
             raise LabelError("--centroids and --out are the same folder")
-        if existing_label_files(out_dir) and not overwrite:
+        if existing_label_files(out_dir) and not (overwrite or resume):
             raise LabelError(
                 f"{out_dir} already holds labels (meta.json / *.labels.npz / centroids.npy); "
-                "pass --overwrite to replace them"
+                "pass --resume to finish the run that wrote them, or --overwrite to replace them"
             )
-        index = load_index(shards_dir)
+        index = load_index(shards, cache_dir=cache_dir)
         if not index.shards:
-            raise LabelError(f"{shards_dir}: index.json lists no shards")
+            raise LabelError(f"{index.source}: index.json lists no shards")
         torch_device = resolve_device(device, features.kind)
-    except ShardFormatError as err:
+    except (ShardFormatError, LocationError, FetchError) as err:
         raise LabelError(str(err)) from err
+    shards_spec = str(index.directory.resolve()) if index.location.is_local else index.source
     try:
         ctx = DistContext.from_env(use_cuda=torch_device.type == "cuda", timeout_minutes=dist_timeout_minutes)
     except ValueError as err:
@@ -620,7 +844,17 @@ def label_corpus(
         if source is not None:
             check_same_features(extractor, source[1], source_dir)
         return _run(
-            shards_dir, out_dir, clusters, kmeans, ctx, extractor, index, source, source_dir, progress
+            shards_spec,
+            out_dir,
+            clusters,
+            kmeans,
+            ctx,
+            extractor,
+            index,
+            source,
+            source_dir,
+            progress,
+            resume,
         )
     finally:
         ctx.close()
