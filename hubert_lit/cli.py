@@ -83,11 +83,10 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 # Third-party warnings that say nothing actionable about a run of this suite (they would bury its own messages):
-# torchdata 0.11 calls a deprecated torch API on every loader; Lightning 2.6 uses a deprecated pytree check; our
+# Lightning 2.6 uses a deprecated pytree check; our
 # IterableDataset's __len__ is exact by construction (every rank and worker has a planned batch count).
 KNOWN_HARMLESS_WARNINGS = (
     "LightningCLI's args parameter is intended",
-    "'set_vital' is deprecated",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     "Your `IterableDataset` has `__len__` defined",
 )
@@ -159,6 +158,7 @@ def _module_class(class_path: str) -> type[HubertLightningModule]:
 def check_config(cfg: Namespace, subcommand: str) -> None:
     """Cross-field checks of a parsed ``cfg`` of ``subcommand``; raises :class:`ConfigError`."""
     from hubert_lit.data.label_files import load_label_meta
+    from hubert_lit.data.locations import is_local
 
     data = cfg.get("data")
     model = cfg.get("model")
@@ -178,6 +178,8 @@ def check_config(cfg: Namespace, subcommand: str) -> None:
     if data is not None:
         for key, value in _data_dirs(data).items():
             for path in value if isinstance(value, list) else [value]:
+                if not is_local(str(path)):  # a URL or pipe: the DataModule reads its index.json at setup
+                    continue
                 if not Path(path).is_dir():
                     raise ConfigError(f"data.{key}: folder {path} does not exist")
                 if key.endswith("_shards") and not (Path(path) / "index.json").is_file():

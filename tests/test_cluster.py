@@ -232,8 +232,8 @@ def test_final_state_is_saved_and_progress_and_effective_batch(tmp_path, tones, 
     assert "fit ended: saved the state of step 7" in text
     assert "effective batch: 1 rank(s) x 2 accumulated x 2.4 s = 4.8 s" in text
     # two batches per optimizer step: the loader delivered 14 batches for 7 steps
-    loader = last["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["loader"]
-    assert loader["_num_yielded"] == 14
+    loader = last["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (loader["epoch"], loader["steps"]) == (0, 14)
     assert [line.split(" | ")[0] for line in out.out.splitlines() if line.startswith("step ")] == [
         "step 3/7 (42.9%)",
         "step 6/7 (85.7%)",
