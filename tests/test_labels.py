@@ -515,3 +515,60 @@ def test_resume_checks_the_recorded_fit(corpus, mfcc_run, tmp_path, capsys):
     assert label_tool.main(reused) == 0
     assert label_tool.main([*reused, "--resume"]) == 0
     assert "is complete; nothing to do" in capsys.readouterr().out
+
+
+def test_overwrite_replaces_by_swap_and_never_loses_the_old_labels(corpus, mfcc_run, tmp_path, capsys):
+    """--overwrite builds beside the old labels and swaps them in when complete: a bad argument, a kill or a
+    foreign folder leave everything as it was (issue 17)."""
+    import signal
+    import time
+
+    out = tmp_path / "labels"
+    shutil.copytree(mfcc_run, out)
+    before = _file_contents(out)
+    args = ["--shards", str(corpus), "--out", str(out), *MFCC_ARGS]
+    bad = [*args[:-1], "--clusters", "0", "--no-progress", "--overwrite"]
+    assert label_tool.main(bad) == 2
+    assert _file_contents(out) == before
+
+    # killed in pass 2 of the overwrite: the old labels are untouched
+    partial, block = tmp_path / ".labels.overwrite", tmp_path / "BLOCK"
+    shards = (
+        f"pipe:sh -c 'if [ {{name}} = shard-000002.tar ]; then while [ -e {block} ] && [ -e {partial}/centroids.npy ]; "
+        f"do sleep 0.05; done; fi; exec cat {corpus}/{{name}}'"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    block.touch()
+    cmd = [sys.executable, "-m", "hubert_lit.labels.cli", "--shards", shards, "--out", str(out), *MFCC_ARGS]
+    proc = subprocess.Popen(
+        [*cmd, "--seed", "4", "--overwrite"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (partial / ".progress" / "shard-000001.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the overwrite never reached shard 2"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    block.unlink()
+    assert _file_contents(out) == before
+
+    # completed: replaced, nothing left beside it
+    assert label_tool.main([*args, "--seed", "4", "--overwrite"]) == 0
+    after = _file_contents(out)
+    assert after != before and json.loads(after["meta.json"])["kmeans"]["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
+
+    # a swap killed after the old folder moved aside is undone at the next start
+    out.rename(tmp_path / "labels.bak")
+    assert label_tool.main(args) == 2  # restored, then refused: it holds labels
+    assert "restored" in capsys.readouterr().err and _file_contents(out) == after
+
+    # never a folder of other files
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.txt").write_text("precious")
+    assert label_tool.main(["--shards", str(corpus), "--out", str(thesis), *MFCC_ARGS, "--overwrite"]) == 2
+    assert "is not a labels folder" in capsys.readouterr().err
+    assert (thesis / "thesis.txt").read_text() == "precious" and len(list(thesis.iterdir())) == 1

@@ -20,6 +20,7 @@ same files as a single-process run. The command line is :mod:`hubert_lit.labels.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import sys
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hubert_lit.atomic import atomic_write
+from hubert_lit.atomic import atomic_write, recover_folder_swap, swap_folder
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.fetch import FetchError
 from hubert_lit.data.label_files import (
@@ -66,6 +67,7 @@ from hubert_lit.labels.kmeans import Assigner, faiss_num_gpus, fit_kmeans
 from hubert_lit.labels.quality import PhoneClusterCounts, format_quality, frame_phone_ids, quality_report
 from hubert_lit.labels.resume import (
     FIT_OPTION_KEYS,
+    PROGRESS_DIR,
     check_fit_record,
     clear_progress,
     index_digest,
@@ -349,6 +351,24 @@ def existing_label_files(out_dir: Path) -> list[Path]:
         return []
     names = [META_FILE, CENTROIDS_FILE]
     return sorted(p for p in out_dir.iterdir() if p.name in names or p.name.endswith(LABELS_SUFFIX))
+
+
+def overwrite_folder(out_dir: Path) -> Path:
+    """Where an ``--overwrite`` run builds its output, beside ``out_dir`` (swapped in when it is complete)."""
+    return out_dir.with_name(f".{out_dir.name}.overwrite")
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """``--overwrite`` replaces only a labels folder of this tool (or an empty folder): never a user's files."""
+    if not out_dir.is_dir() or (out_dir / META_FILE).is_file():
+        return
+    own = {META_FILE, CENTROIDS_FILE, PROGRESS_DIR}
+    foreign = [p.name for p in out_dir.iterdir() if p.name not in own and not p.name.endswith(LABELS_SUFFIX)]
+    if foreign:
+        raise LabelError(
+            f"--out {out_dir} is not a labels folder (no {META_FILE}; it holds {', '.join(sorted(foreign)[:3])}); "
+            "--overwrite replaces only this tool's output or an empty folder"
+        )
 
 
 def resolve_device(requested: str | None, features: str) -> torch.device:
@@ -821,11 +841,16 @@ def label_corpus(
         )
         if source_dir is not None and source_dir.resolve() == out_dir.resolve():
             raise LabelError("--centroids and --out are the same folder")
+        recovered = recover_folder_swap(out_dir) if not resume else None
+        if recovered:
+            print(recovered, file=sys.stderr)
         if existing_label_files(out_dir) and not (overwrite or resume):
             raise LabelError(
                 f"{out_dir} already holds labels (meta.json / *.labels.npz / centroids.npy); "
                 "pass --resume to finish the run that wrote them, or --overwrite to replace them"
             )
+        if overwrite:
+            check_replaceable(out_dir)
         index = load_index(shards, cache_dir=cache_dir)
         if not index.shards:
             raise LabelError(f"{index.source}: index.json lists no shards")
@@ -843,9 +868,12 @@ def label_corpus(
         extractor = build_extractor(features, torch_device)
         if source is not None:
             check_same_features(extractor, source[1], source_dir)
-        return _run(
+        # --overwrite builds the new labels beside the old ones and swaps them in only when complete: a bad
+        # argument or a kill leaves the old labels as they were
+        swap = overwrite and out_dir.is_dir() and any(out_dir.iterdir())
+        summary = _run(
             shards_spec,
-            out_dir,
+            overwrite_folder(out_dir) if swap else out_dir,
             clusters,
             kmeans,
             ctx,
@@ -856,5 +884,12 @@ def label_corpus(
             progress,
             resume,
         )
+        if swap:
+            if ctx.is_main:
+                swap_folder(overwrite_folder(out_dir), out_dir)
+                print(f"replaced the labels in {out_dir}", flush=True)
+            ctx.barrier()
+            summary = dataclasses.replace(summary, out=out_dir)
+        return summary
     finally:
         ctx.close()
