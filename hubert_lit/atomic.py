@@ -58,7 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, Exception) and _disk_full(err):
-            kept = f" (the previous {path.name} is kept)" if path.exists() else ""
+            kept = f" (previous file {path} kept)" if path.exists() else ""
             raise OSError(errno.ENOSPC, f"no space left on device writing {path}{kept}") from err
         raise
     try:

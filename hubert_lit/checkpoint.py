@@ -18,7 +18,8 @@ content:
   full-precision weights are not stored: a packed file is for inference, not for further distillation.
 * **Lightning checkpoint** of a suite module (``.ckpt``): Lightning's own keys plus :data:`CONFIG_KEY` (the
   resolved ``HubertConfig``), :data:`QUANT_SPEC_KEY` (binarized students), :data:`COUNTERS_KEY` (the module's
-  counters) and :data:`RNG_KEY` (every rank's random states); the model's weights are
+  counters), :data:`RNG_KEY` (every rank's random states) and :data:`DATA_KEY` (the fingerprint of the training
+  data and epoch plan, :mod:`hubert_lit.data.fingerprint`); the model's weights are
   ``state_dict["model.*"]``, and a distillation checkpoint leaves the frozen teacher's ``teacher.*`` out.
 
 Files written by earlier versions use the same formats and load unchanged (``tests/test_checkpoint.py`` loads
@@ -49,6 +50,7 @@ CONFIG_KEY = "hubert_config"
 QUANT_SPEC_KEY = "quant_spec"
 COUNTERS_KEY = "hubert_lit_counters"
 RNG_KEY = "hubert_lit_rng_states"
+DATA_KEY = "hubert_lit_data"  # what the run trains on (hubert_lit.data.fingerprint), checked on resume
 MODEL_PREFIX = "model."  # the HuBERT model's weights inside the module's state_dict
 TEACHER_PREFIX = "teacher."  # a distillation module's frozen teacher (not stored)
 
@@ -280,6 +282,7 @@ def checkpoint_step(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
         CONFIG_KEY,
         QUANT_SPEC_KEY,
         COUNTERS_KEY,
+        DATA_KEY,
     )
     return payload["global_step"], {k: payload[k] for k in keep if k in payload}
 

@@ -54,14 +54,22 @@ from lightning.pytorch.utilities import rank_zero_info
 from hubert_lit.atomic import TEMP_SUFFIX
 from hubert_lit.checkpoint import (
     CONFIG_KEY,
+    DATA_KEY,
     ResumePoint,
     checkpoint_step,
     resolve_resume,
     stale_hpc_checkpoints,
 )
 from hubert_lit.data.datamodule import ShardDataModule
+from hubert_lit.data.fingerprint import fingerprint_differences
 from hubert_lit.lit.base import HubertLightningModule
-from hubert_lit.lit.callbacks import AtomicCheckpointIO, FeatureWriter, RNGStateCallback, RunCheckpoint
+from hubert_lit.lit.callbacks import (
+    AtomicCheckpointIO,
+    DataFingerprint,
+    FeatureWriter,
+    RNGStateCallback,
+    RunCheckpoint,
+)
 from hubert_lit.lit.loggers import (
     WANDB_MODES,
     AppendingCSVLogger,
@@ -217,7 +225,10 @@ def check_config(cfg: Namespace, subcommand: str) -> None:
                 model.get("model_config"),
             )
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"model: {err}") from err
+            given = f"model.preset={model.get('preset')!r}"
+            if model.get("overrides"):
+                given += f", model.overrides={model.get('overrides')!r}"
+            raise ConfigError(f"model: {err} ({given})") from err
     if model is not None and module is not HubertPretrainModule and model.get("teacher") is not None:
         if not Path(model.teacher).is_file():
             raise ConfigError(f"model.teacher: file not found: {model.teacher}")
@@ -299,6 +310,14 @@ class HubertLightningCLI(LightningCLI):
             help="fit: 'auto' continues the run from its newest checkpoint (last.ckpt, periodic or Lightning's "
             "hpc_ckpt_*, highest global step) when it has one, so one command starts and continues a run; "
             "'never' starts afresh. An explicit --ckpt_path FILE wins.",
+        )
+        parser.add_argument(
+            "--run.allow_data_change",
+            type=bool,
+            default=False,
+            help="fit: resume even though the training data changed since the checkpoint (other shards or labels, "
+            "other batch settings); the change is logged and an epoch whose saved position no longer fits starts "
+            "over. Without it such a resume stops before training and names what changed.",
         )
         parser.add_argument(
             "--run.progress",
@@ -439,13 +458,33 @@ class HubertLightningCLI(LightningCLI):
         else:
             rank_zero_info(message)
 
+    def _parse_ckpt_path(self) -> None:
+        """Check an explicit ``--ckpt_path FILE`` before anything else reads it (missing, empty, damaged or
+        foreign: exit 2 naming the file). ``fit`` keeps the run's own model config (a resumed run must match the
+        checkpoint's architecture, checked after instantiation); ``validate``/``test``/``predict`` take the model's
+        hyperparameters from the checkpoint, as Lightning does."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        explicit = self.config[subcommand].get("ckpt_path")
+        if explicit in (None, "last") or "://" in str(explicit):
+            return
+        try:
+            self._explicit_resume = self._explicit_point(Path(explicit))
+        except ConfigError as err:
+            self.parser.error(str(err))
+        if subcommand != "fit":
+            super()._parse_ckpt_path()
+
     def _resolve_resume(self, cfg: Namespace, run_dir: Path) -> None:
         """``ckpt_path``: an explicit file wins; ``last`` or ``run.resume=auto`` take the run's newest state."""
         explicit = cfg.get("ckpt_path")
         if explicit not in (None, "last") or (explicit is None and cfg.run.resume == "never"):
             self._resuming = explicit is not None
             if explicit is not None and "://" not in str(explicit):
-                self._resume_point = self._explicit_point(Path(explicit))
+                self._resume_point = getattr(self, "_explicit_resume", None) or self._explicit_point(
+                    Path(explicit)
+                )
             return
         if is_global_zero_from_env():  # temporary files of saves a kill interrupted
             for stale in sorted(Path(cfg.checkpoint.dirpath).glob(f".*.ckpt.*{TEMP_SUFFIX}")):
@@ -496,10 +535,47 @@ class HubertLightningCLI(LightningCLI):
                 "config, or start a new run (--run.name, or --run.resume=never)"
             )
 
+    def _check_resume_data(self, cfg: Namespace) -> None:
+        """A resumed run trains on the data its checkpoint was trained on (same shards, labels and epoch plan),
+        unless ``run.allow_data_change``."""
+        point = getattr(self, "_resume_point", None)
+        datamodule = getattr(self, "datamodule", None)
+        if point is None or not hasattr(datamodule, "fingerprint"):
+            return
+        saved = point.entries.get(DATA_KEY)
+        if saved is None:
+            rank_zero_info(
+                f"{point.path} records no data fingerprint (written by hubert-lit 0.1.0): the training data is not "
+                "compared with the checkpoint's (the loader's saved position is still checked against its plan)"
+            )
+            return
+        try:
+            current = datamodule.fingerprint()
+        except (OSError, ValueError) as err:
+            self.parser.error(f"data: {err}")
+        changed = fingerprint_differences(saved, current)
+        if not changed:
+            return
+        if cfg.run.allow_data_change:
+            log.warning(
+                "resuming %s on changed training data (--run.allow_data_change): %s. An epoch whose saved "
+                "position no longer fits the data starts over.",
+                point.path,
+                "; ".join(changed),
+            )
+            datamodule.restart_epoch_on_mismatch = True
+            return
+        self.parser.error(
+            f"{point.path} was trained on other data: {'; '.join(changed)}. Resume with the data it was trained "
+            "on, start a new run (--run.name, or --run.resume never), or pass --run.allow_data_change true to "
+            "continue on the changed data on purpose."
+        )
+
     def after_instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
         if self.subcommand == "fit":
             self._check_resume_model()
+            self._check_resume_data(cfg)
         layer = cfg.get("predict_layer")
         if layer is not None and not 0 <= layer <= self.model.model.num_layers:
             self.parser.error(f"predict_layer must be in [0, {self.model.model.num_layers}], got {layer}")
@@ -540,6 +616,8 @@ class HubertLightningCLI(LightningCLI):
         kwargs["enable_progress_bar"] = progress == "bar"
         if progress == "log" and self.subcommand == "fit":
             callbacks.append(ProgressLog(cfg.run.progress_every))
+        if self.subcommand == "fit" and hasattr(getattr(self, "datamodule", None), "fingerprint"):
+            callbacks.append(DataFingerprint())
         if self.subcommand == "fit" and cfg.run.get("requeue_signal"):
             callbacks.append(RequeueOnSignal(cfg.run.requeue_signal, cfg.run.requeue_check_every))
         if self.subcommand == "predict":

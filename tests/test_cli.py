@@ -131,12 +131,6 @@ def test_config_errors_exit_2_before_training(extra, message, tone_data, tmp_pat
     assert not (tmp_path / "r").exists()  # nothing was built or written
 
 
-def test_bad_model_value_fails_before_training(tone_data, tmp_path, capsys):
-    rc, out = run_cli([*base_args(tone_data, tmp_path), "--model.preset=transformer_xxl"], capsys)
-    assert rc == 2 and "unknown model preset 'transformer_xxl'" in out
-    assert not (tmp_path / "r" / "checkpoints").exists()
-
-
 def test_num_classes_comes_from_labels_when_unset(tone_data, tmp_path, capsys):
     rc, out = run_cli(base_args(tone_data, tmp_path), capsys)
     assert rc == 0, out

@@ -16,6 +16,7 @@ starts there, whatever the world size and ``num_workers`` are now:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,13 @@ from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.batching import BatchBudget
 from hubert_lit.data.dataset import ShardBatchDataset
 from hubert_lit.data.fetch import RetryPolicy
+from hubert_lit.data.fingerprint import PLAN_FIELDS, data_fingerprint
 from hubert_lit.data.label_files import load_label_meta
+from hubert_lit.data.shardio import load_index
 
 LOADER_STATE_FORMAT = "hubert-lit-loader/2"
+
+log = logging.getLogger(__name__)
 
 
 class LoaderStateError(ValueError):
@@ -88,6 +93,7 @@ class ShardLoader(DataLoader):
         self._on_pass_start = on_pass_start
         self._steps_fn = steps_fn
         self._pending: LoaderPosition | None = None  # restored, not yet iterated
+        self.restart_epoch_on_mismatch = False  # see load_state_dict
         self._pass: _Pass | None = None
         self._live = None  # the iterator of the current pass
 
@@ -162,8 +168,18 @@ class ShardLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from a saved state (this version's, or one of 0.1.0 where it maps exactly); raises
-        :class:`LoaderStateError` saying what to do when the saved position cannot be resumed exactly."""
-        self._pending = self._restore(state_dict)
+        :class:`LoaderStateError` saying what to do when the saved position cannot be resumed exactly, unless
+        ``restart_epoch_on_mismatch`` is set: then the saved epoch starts over on the data as it is now (the
+        batches Lightning already counted in it stay counted)."""
+        try:
+            self._pending = self._restore(state_dict)
+        except LoaderStateError as err:
+            if not self.restart_epoch_on_mismatch:
+                raise
+            epoch = int(state_dict.get("epoch", self.dataset.epoch))
+            steps = int(state_dict.get("steps", self._steps_fn() if self._steps_fn is not None else 0))
+            log.warning("%s\n-> data change allowed: epoch %d starts over on the current data", err, epoch)
+            self._pending = LoaderPosition(epoch, 0, steps, False)
         self._pass, self._live = None, None
 
     def _restore(self, state: dict[str, Any]) -> LoaderPosition:
@@ -306,6 +322,10 @@ class ShardDataModule(pl.LightningDataModule):
         self.test_dataset: ShardBatchDataset | None = None
         self.predict_dataset: ShardBatchDataset | None = None
         self._epoch = 0
+        self._fingerprint: dict[str, Any] | None = None
+        # set by the CLI's --run.allow_data_change: a saved loader position that does not fit the current data
+        # restarts its epoch instead of failing
+        self.restart_epoch_on_mismatch = False
 
     # ------------------------------------------------------------------------------------------ labels
 
@@ -334,6 +354,21 @@ class ShardDataModule(pl.LightningDataModule):
                 f"{k}: {m['label_rate']} Hz / {m['num_classes']} classes" for k, m in metas.items()
             )
             raise ValueError(f"label folders disagree on label_rate / num_classes ({found})")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What training reads (:mod:`hubert_lit.data.fingerprint`): the train index and labels meta and the epoch
+        plan's settings. Read once (``index.json`` and ``meta.json``) and kept."""
+        if self._fingerprint is None:
+            hp = self.hparams
+            if hp.train_shards is None:
+                raise ValueError("ShardDataModule: train_shards is required for fit")
+            if self.train_dataset is not None:
+                index = self.train_dataset.index
+            else:
+                index = load_index(hp.train_shards, retry=self.retry)
+            meta = None if hp.train_labels is None else load_label_meta(hp.train_labels)
+            self._fingerprint = data_fingerprint(index, meta, {k: hp[k] for k in PLAN_FIELDS})
+        return self._fingerprint
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -484,7 +519,9 @@ class ShardDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ShardLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset, True)
+        loader = self._loader(self.train_dataset, True)
+        loader.restart_epoch_on_mismatch = self.restart_epoch_on_mismatch
+        return loader
 
     def val_dataloader(self) -> ShardLoader | list:
         if self.val_dataset is None and self.hparams.val_shards is not None:

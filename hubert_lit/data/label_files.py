@@ -151,11 +151,16 @@ def save_shard_labels(
 
 
 def _parse_shard_labels(source: Path | io.BytesIO, where: str) -> dict[str, np.ndarray]:
+    size = source.stat().st_size if isinstance(source, Path) else source.getbuffer().nbytes
+    if size == 0:
+        raise ValueError(
+            f"{where} is empty (0 bytes): a damaged or interrupted copy; copy it again or relabel the shard"
+        )
     try:
         with np.load(source, allow_pickle=False) as npz:
             out = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ValueError(f"{where}: cannot read labels archive ({err})") from err
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{where}: cannot read labels archive, damaged or truncated ({err})") from err
     for utt_id, arr in out.items():
         _check_label_array(arr, f"{where} [{utt_id}]")
     return out

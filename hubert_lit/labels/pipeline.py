@@ -38,6 +38,7 @@ from tqdm import tqdm
 from hubert_lit.atomic import atomic_write, recover_folder_swap, swap_folder
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.fetch import FetchError
+from hubert_lit.data.fingerprint import index_digest
 from hubert_lit.data.label_files import (
     INCOMPLETE,
     LABELS_SUFFIX,
@@ -70,7 +71,6 @@ from hubert_lit.labels.resume import (
     PROGRESS_DIR,
     check_fit_record,
     clear_progress,
-    index_digest,
     read_done_shards,
     write_progress,
 )

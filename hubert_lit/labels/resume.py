@@ -11,14 +11,12 @@ exists and names the labels file's hash; :func:`check_fit_record` decides whethe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from hubert_lit.atomic import atomic_write
-from hubert_lit.data.shardio import ShardIndex
 from hubert_lit.labels.features import file_sha256
 
 PROGRESS_DIR = ".progress"
@@ -33,16 +31,6 @@ FIT_OPTION_KEYS = (
     "init_size",
     "coarse_size",
 )
-
-
-def index_digest(index: ShardIndex) -> str:
-    """SHA-256 over the shards and utterances an index lists (names, ids, lengths), wherever it was read from."""
-    digest = hashlib.sha256()
-    for s in index.shards:
-        digest.update(f"{s.name}\t{s.num_utterances}\t{s.num_samples}\n".encode())
-    for u in index.utterances:
-        digest.update(f"{u.id}\t{u.shard}\t{u.num_samples}\n".encode())
-    return digest.hexdigest()
 
 
 def progress_path(out_dir: Path, shard: str) -> Path:

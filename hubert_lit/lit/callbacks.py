@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -32,7 +33,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.utilities import rank_zero_info
 
 from hubert_lit.atomic import atomic_torch_save, atomic_write
-from hubert_lit.checkpoint import RNG_KEY
+from hubert_lit.checkpoint import DATA_KEY, RNG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not _is_local_path(path):
             super().save_checkpoint(checkpoint, path)
             return
-        atomic_torch_save(checkpoint, path)
+        path = Path(str(path).removeprefix("file://"))
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as err:
+            previous = None if err.errno != errno.ENOSPC or path.exists() else _newest_checkpoint(path.parent)
+            if previous is None:
+                raise
+            raise OSError(
+                errno.ENOSPC, f"no space left on device writing {path} (previous checkpoint {previous} kept)"
+            ) from err
+
+
+def _newest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("*.ckpt") if p.is_file() and p.stat().st_size > 0]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -131,6 +146,18 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+class DataFingerprint(Callback):
+    """Writes the DataModule's :meth:`~hubert_lit.data.datamodule.ShardDataModule.fingerprint` (what the run trains
+    on) into every checkpoint, for the CLI's check when the run is resumed."""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "fingerprint"):
+            checkpoint[DATA_KEY] = datamodule.fingerprint()
 
 
 class RNGStateCallback(Callback):
