@@ -233,7 +233,9 @@ class BiTDistillModule(HubertLightningModule):
         s_out = self.model(waves, lengths, labels=labels, mask=mask)
         valid = ~lengths_to_padding_mask(s_out.frame_lengths, num_frames)
         hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, valid)
-        logit = soft_cross_entropy(s_out.logits_masked, t_out.logits_masked, self.hparams.temperature)
+        logit = soft_cross_entropy(
+            s_out.logits, t_out.logits, self.hparams.temperature, rows=s_out.mask & s_out.labelled
+        )
         s_terms = t_terms = None
         if labels is not None:
             s_terms, t_terms = prediction_terms(s_out), prediction_terms(t_out)
