@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -38,7 +38,8 @@ from hubert_lit.models import HubertConfig, HubertModel
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES = get_args(CompileMode)
 FULL_LENGTH = "full_length"
 """Batch key added on the host before the transfer: True when every row fills the batch (no padding)."""
 
@@ -62,7 +63,7 @@ class HubertLightningModule(pl.LightningModule):
     model: HubertModel
     compile_backend = "inductor"  # torch.compile backend of ``model.compile`` (tests use "aot_eager")
 
-    def __init__(self, compile: bool = False, compile_mode: str = "default") -> None:
+    def __init__(self, compile: bool = False, compile_mode: CompileMode = "default") -> None:
         super().__init__()
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from hubert_lit.checkpoint import TEACHER_PREFIX, load_model
-from hubert_lit.lit.base import HubertLightningModule, host_scalar
+from hubert_lit.lit.base import CompileMode, HubertLightningModule, host_scalar
 from hubert_lit.lit.losses import (
     PredictionTerms,
     RunningSums,
@@ -142,7 +142,7 @@ class BiTDistillModule(HubertLightningModule):
         max_steps: int | None = None,
         max_nonfinite_steps: int = 20,
         compile: bool = False,
-        compile_mode: str = "default",
+        compile_mode: CompileMode = "default",
     ) -> None:
         super().__init__(compile, compile_mode)
         if temperature <= 0:

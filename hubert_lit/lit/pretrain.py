@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from hubert_lit.lit.base import HubertLightningModule, host_scalar
+from hubert_lit.lit.base import CompileMode, HubertLightningModule, host_scalar
 from hubert_lit.lit.losses import (
     PREDICTION_SUMS,
     PredictionTerms,
@@ -71,7 +71,7 @@ class HubertPretrainModule(HubertLightningModule):
         max_steps: int | None = None,
         max_nonfinite_steps: int = 20,
         compile: bool = False,
-        compile_mode: str = "default",
+        compile_mode: CompileMode = "default",
     ) -> None:
         super().__init__(compile, compile_mode)
         if num_classes is None or num_classes < 1:
