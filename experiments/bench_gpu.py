@@ -9,12 +9,14 @@ within ``--budget-s`` is listed as not measured:
 
 1. torchaudio ``hubert_pretrain_base`` training step, eager; hubert-lit ``vanilla`` eager (and its per-stage
    breakdown: front end, encoder, loss, optimizer), compiled; torchaudio compiled;
-2. hubert-lit ``vanilla`` with the wav2vec 2.0 front end (torchaudio's architecture) and the other four encoders,
-   compiled;
+2. hubert-lit ``vanilla`` with the wav2vec 2.0 front end (torchaudio's architecture), compiled, and the other
+   four encoders, eager and compiled;
 3. the BiT W1A1 distillation step of ``vanilla`` (frozen teacher + binarized student), eager and compiled;
 4. feature extraction (``extract_features``, every layer): torchaudio ``hubert_base`` tf32 and bf16, hubert-lit
    ``vanilla`` bf16 eager and compiled;
-5. the per-stage breakdown of the compiled vanilla step.
+5. the per-stage breakdown of the compiled vanilla step;
+6. (CUDA) one Sparseformer-DN-S attention layer, forward + backward, dense SDPA against FlexAttention at 781, 1563
+   and 4096 frames: the measurement behind ``encoder.flex_min_length`` (FlexAttention from 4096 frames on).
 
 A training step is what ``HubertPretrainModule`` runs with ``model.compile: true`` on an unpadded
 (crop-to-shortest) batch: forward + masked-prediction loss (compiled when the row says so), backward, gradient
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +56,12 @@ from hubert_lit.models import build_hubert  # noqa: E402
 SAMPLE_RATE = 16000
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = ("conformer_s", "squeezeformer_xs", "sparseformer_dn_s", "sparseformer_sw_s")
+ATTENTION_LENGTHS = (
+    781,
+    1563,
+    4096,
+)  # frames: a 15.6 s crop, twice that, and the length FlexAttention won at
+ATTENTION_TOKENS = 37500  # batch x frames of the attention rows (48 x 781, as measured before)
 # torchaudio's wav2vec 2.0 front end and Transformer at vanilla_tiny's shape (CPU mode)
 TINY_TORCHAUDIO = dict(
     extractor_mode="group_norm",
@@ -103,6 +112,7 @@ class Settings:
     compile_mode: str
     compile_backend: str
     tiny: bool
+    only: str | None = None
 
     @property
     def cuda(self) -> bool:
@@ -136,7 +146,6 @@ class Row:
     flops: float | None = None
     peak_gib: float | None = None
     compile_s: float | None = None
-    note: str = ""
 
     def rate(self) -> float | None:
         return None if self.ms is None else self.audio / (self.ms / 1000)
@@ -159,24 +168,27 @@ class Report:
         )
         lines = [*self.header, ""]
         lines += [
-            "| model | mode | audio-s/s | ms/step | vs torchaudio eager | MFU | peak memory (GiB) | compile (s) | note |",
+            "| model | mode | audio-s/s | ms/step | vs torchaudio eager | vs eager | MFU | peak memory (GiB) "
+            "| compile (s) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
+        eager = {r.name: r.rate() for r in self.rows if r.mode == "eager"}
         for r in self.rows:
             rate = r.rate()
             mfu = None if r.flops is None or r.ms is None else r.flops / (r.ms / 1000) / self.matmul_flops
+            same_batch = base is not None and rate is not None and r.audio == self.rows[0].audio
             cells = [
                 r.name,
                 r.mode,
                 _fmt(rate, "{:,.1f}"),
                 _fmt(r.ms, "{:,.1f}"),
-                ""
-                if base is None or rate is None or r.name.startswith("features")
-                else f"{rate / base:.2f}x",
+                f"{rate / base:.2f}x"
+                if same_batch and not r.name.startswith(("features", "attention"))
+                else "",
+                f"{rate / eager[r.name]:.2f}x" if r.mode == "compiled" and eager.get(r.name) else "",
                 _fmt(mfu, "{:.1%}"),
                 _fmt(r.peak_gib, "{:.2f}"),
                 _fmt(r.compile_s, "{:.1f}"),
-                r.note,
             ]
             lines.append("| " + " | ".join(cells) + " |")
         if self.stages:
@@ -404,6 +416,28 @@ def features_step(s: Settings, which: str, compiled: bool = False) -> Callable[[
     return run
 
 
+def attention_step(s: Settings, length: int, backend: str) -> Callable[[], None]:
+    """Forward + backward of one Sparseformer-DN-S attention layer (4 heads x 64, its fixed block-sparse layout,
+    no dropout) on ``length`` frames, with ``backend`` "sdpa" (dense) or "flex" (FlexAttention, skipping tiles)."""
+    from hubert_lit.models.attention import AttentionMask, MultiHeadAttention
+    from hubert_lit.models.config import preset
+
+    cfg = preset("sparseformer_dn_s").encoder
+    attn = MultiHeadAttention(cfg.dim, cfg.num_heads, 0.0, backend=backend).to(s.device).train()
+    batch = max(1, ATTENTION_TOKENS // length)
+    x = torch.randn(batch, length, cfg.dim, device=s.device, requires_grad=True)
+    lengths = torch.full((batch,), length, device=s.device)
+    # built once, as an encoder builds it once for all its layers
+    mask = AttentionMask(lengths, length, cfg.num_heads, cfg.sparsity, padded=False)
+    mask.block_mask() if backend == "flex" else mask.dense()
+
+    def step():
+        with s.autocast():
+            attn(x, mask).float().square().mean().backward()
+
+    return step
+
+
 def stage_times(s: Settings, compiled: bool) -> dict[str, float]:
     """Milliseconds of the vanilla step's stages: nested prefixes of the forward (front end; + encoder; + loss),
     each forward + backward, and the optimizer step alone."""
@@ -493,9 +527,9 @@ def plan(s: Settings) -> list[Entry]:
     ]
     for name in PRESETS:
         preset = s.preset(name)
-        entries.append(
-            Entry(f"hubert-lit {preset}", "compiled", audio, lambda c, p=preset: ours_train(s, p, c), preset)
-        )
+        for mode in ("eager", "compiled"):
+            build = lambda c, p=preset: ours_train(s, p, c)  # noqa: E731
+            entries.append(Entry(f"hubert-lit {preset}", mode, audio, build, preset))
     for mode in ("eager", "compiled"):
         entries.append(
             Entry(
@@ -511,6 +545,13 @@ def plan(s: Settings) -> list[Entry]:
             Entry(f"features: {ours}", mode, feature_audio, lambda c: features_step(s, "ours", c), "features")
         )
     entries.append(Entry(STAGES, "compiled"))
+    if s.cuda:  # FlexAttention has no CPU backward
+        for length in ATTENTION_LENGTHS:
+            frames_audio = max(1, ATTENTION_TOKENS // length) * length / 50
+            for backend, label in (("sdpa", "dense SDPA"), ("flex", "FlexAttention")):
+                name = f"attention, sparseformer_dn_s layout, T={length}: {label}"
+                build = lambda c, n=length, b=backend: attention_step(s, n, b)  # noqa: E731
+                entries.append(Entry(name, "eager", frames_audio, build, name))
     return entries
 
 
@@ -599,7 +640,8 @@ def run(s: Settings, out: Path, budget_s: float) -> Report:
         + ".",
         f"Training batch {s.batch} x {s.seconds:g} s = {audio:g} s of audio, k = {s.num_classes}; features "
         f"{s.feature_batch} x {s.feature_seconds:g} s; median of {s.steps} steps after {s.warmup} warm-up "
-        f"(plus the first, compiling call); budget {budget_s:g} s.",
+        f"(plus the first, compiling call; a repeated run may find inductor's compiled code in its on-disk "
+        f"cache); budget {budget_s:g} s.",
     ]
     report = Report(out, header)
     report.matmul_flops = matmul_rate(s)
@@ -610,7 +652,8 @@ def run(s: Settings, out: Path, budget_s: float) -> Report:
     report.write()
     bench = Bench(s, report, budget_s)
     for entry in plan(s):
-        bench.run(entry)
+        if s.only is None or re.search(s.only, entry.label):
+            bench.run(entry)
     print(f"wrote {out} ({time.perf_counter() - bench.start:.0f} s)", flush=True)
     return report
 
@@ -647,6 +690,9 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path, float]:
     parser.add_argument("--full-presets", action="store_true", help="on CPU: the full presets, not *_tiny")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests: eager)")
+    parser.add_argument(
+        "--only", default=None, help="run only the rows whose 'name (mode)' matches this regex"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -662,6 +708,7 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path, float]:
         compile_mode=args.compile_mode,
         compile_backend=args.compile_backend,
         tiny=not cuda and not args.full_presets,
+        only=args.only,
     )
     out = args.out or RESULTS / ("bench_gpu.md" if cuda else "bench_gpu_cpu.md")
     return s, out, args.budget_s
