@@ -5,17 +5,19 @@ Every encoder maps ``(x: (B, T, D), lengths: (B,))`` to a list of ``num_layers +
 ``(B, T, D)``: index 0 is the input to block 1, index i the output of block i. ``forward(x, lengths,
 num_layers=n)`` runs only blocks 1..n and returns the first n + 1 of those states. Outputs at valid frames do not
 depend on padding (eval mode). ``padded`` (optional) tells the attention mask whether any row is padded, so it need
-not read ``lengths`` back (see :class:`~hubert_lit.models.attention.AttentionMask`).
+not read ``lengths`` back (see :class:`~hubert_lit.models.attention.AttentionMask`). The convolutional positional
+embedding of the Transformer family lives in the front end (``frontend.py``), not here; Conformer and
+Squeezeformer use relative positions inside attention.
 
 LayerDrop (training, ``layerdrop > 0``) has two forms with the same distribution. By default each block draws
 ``torch.rand(()) < layerdrop`` on the host when it is reached and a dropped block is not computed (a host read
 per block, so not for a compiled graph). A caller that passes ``layer_keep`` (a bool tensor ``(num_layers,)``,
 e.g. from :func:`draw_layer_keep`, drawn once per step) gets a fixed graph: every block is computed and a dropped
 block's output is discarded with ``torch.where`` (inside a compiled graph without ``layer_keep``, the draw is made
-in the graph). That costs the dropped blocks' compute (``layerdrop`` of the
-encoder on average: 5 % for the Transformer presets) and gives their parameters zero gradients instead of
-none, so DDP needs no ``find_unused_parameters`` (and AdamW still decays those parameters' moments). The convolutional positional embedding of the Transformer family lives in the
-front end (``frontend.py``), not here; Conformer and Squeezeformer use relative positions inside attention.
+in the graph). That costs the dropped blocks' compute (``layerdrop`` of the encoder on average: 5 % for the
+Transformer presets, nothing for Conformer-S and Squeezeformer-XS, whose layerdrop is 0) and gives their
+parameters zero gradients instead of none, so DDP needs no ``find_unused_parameters`` (AdamW then still decays
+those parameters' moments and applies weight decay, where a skipped block leaves them untouched).
 """
 
 from __future__ import annotations
