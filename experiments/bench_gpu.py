@@ -634,7 +634,8 @@ def run(s: Settings, out: Path, budget_s: float) -> Report:
         "# Training, distillation and feature-extraction throughput (experiments/bench_gpu.py)",
         "",
         f"Device: {where}; torch {torch.__version__}, torchaudio {torchaudio.__version__}; "
-        + ("bf16 autocast, fused AdamW" if s.cuda else "fp32, tiny presets (the script's reduced CPU mode)")
+        + ("bf16 autocast, fused AdamW" if s.cuda else "fp32")
+        + (", tiny presets (the script's reduced CPU mode)" if s.tiny else "")
         + f"; compile: {s.compile_backend}"
         + (f", mode {s.compile_mode}" if s.compile_backend == "inductor" else "")
         + ".",
