@@ -5,8 +5,8 @@
     python experiments/graph_breaks.py --frontend wav2vec2 --reasons
 
 Each break is a host read (a host-device sync on a GPU) that also splits the graph ``torch.compile`` can fuse.
-Before the compile-clean step (hubert-lit 0.1.0 code, torch 2.14): vanilla 20, conformer_s 19, squeezeformer_xs
-28, sparseformer_dn_s 27, sparseformer_sw_s 27; now 0 for each.
+Before the compile-clean step (hubert-lit 0.1.0 code, torch 2.14, either front end): vanilla 19, conformer_s 17,
+squeezeformer_xs 27, sparseformer_dn_s 25, sparseformer_sw_s 25; now 0 for each.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hubert_lit.lit.losses import batch_objective, prediction_terms  # noqa: E402
 from hubert_lit.models import build_hubert  # noqa: E402
 
-TINY = ("vanilla_tiny", "conformer_s_tiny", "squeezeformer_xs_tiny", "sparseformer_dn_s_tiny", "sparseformer_sw_s_tiny")
+TINY = (
+    "vanilla_tiny",
+    "conformer_s_tiny",
+    "squeezeformer_xs_tiny",
+    "sparseformer_dn_s_tiny",
+    "sparseformer_sw_s_tiny",
+)
 
 
 def graph_breaks(preset: str, frontend: str, samples: int = 32000) -> tuple[int, list[str]]:
@@ -42,7 +48,9 @@ def graph_breaks(preset: str, frontend: str, samples: int = 32000) -> tuple[int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", nargs="+", default=list(TINY))
     parser.add_argument("--frontend", default="fastconv", choices=("fastconv", "wav2vec2"))
     parser.add_argument("--reasons", action="store_true", help="print each break's reason")
