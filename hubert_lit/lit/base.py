@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -37,6 +38,13 @@ from hubert_lit.lit.schedule import warmup_linear_decay
 from hubert_lit.models import HubertConfig, HubertModel
 
 log = logging.getLogger(__name__)
+
+# on_before_batch_transfer is the module's on purpose (host-side batch checks); Lightning warns at every fit that a
+# module overrides it beside a DataModule that does not (a DataModule that does gets its own warning, kept).
+warnings.filterwarnings(
+    "ignore",
+    message="You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a",
+)
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES = get_args(CompileMode)
