@@ -54,7 +54,7 @@ def run(cmd: list[str], timings: dict[str, float], stage: str, threads: int = 1)
         sys.exit(f"demo: stage {stage!r} failed (exit status {proc.returncode}); see the messages above")
 
 
-def training_threads(setting: int | str, runs: Path, config: str) -> int:
+def training_threads(setting: int | str, runs: Path, config: str, timings: dict[str, float]) -> int:
     """The training stages' intra-op threads: ``demo.threads`` from the config, or for ``auto`` the count
     experiments/demo_threads.py measures as fastest for the demo's step beside its loader worker (measured once,
     kept in ``<runs>/threads.json``)."""
@@ -70,7 +70,9 @@ def training_threads(setting: int | str, runs: Path, config: str) -> int:
     print(
         "\n[threads] measuring the training step with 1, 2, ... intra-op threads (experiments/demo_threads.py)"
     )
+    start = time.perf_counter()
     threads, rates = choose_threads(ROOT / config)
+    timings["threads"] = time.perf_counter() - start
     print(f"[threads] training stages use {threads} thread(s)", flush=True)
     runs.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"threads": threads, "audio_s_per_s": rates}, indent=1) + "\n")
@@ -355,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         run_dir = runs / name
         if not skip(f"fit {name}", run_dir / "DONE"):
-            threads = training_threads(demo.get("threads", "auto"), runs, args.config)
+            threads = training_threads(demo.get("threads", "auto"), runs, args.config, timings)
             fit = ["fit", "--config", args.config, "--run.name", name, "--ckpt_path", "last"]
             if name == "it2":
                 fit += [
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             hubert("fit", "--config", bq["config"], f"--model.teacher={teacher_ckpt}", "--ckpt_path", "last"),
             timings,
             "binarize",
-            training_threads(demo.get("threads", "auto"), runs, args.config),
+            training_threads(demo.get("threads", "auto"), runs, args.config, timings),
         )
         (bq_dir / "DONE").write_text("finished\n")
     packed = bq_dir / "model.packed.pt"
