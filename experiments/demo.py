@@ -39,19 +39,44 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = "configs/demo.yaml"
 
 
-def run(cmd: list[str], timings: dict[str, float], stage: str) -> None:
+def run(cmd: list[str], timings: dict[str, float], stage: str, threads: int = 1) -> None:
     """Print and run ``python -m hubert_lit ...``; stop the demo if it fails."""
     shown = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
     print(f"\n[{stage}] $ {shown}", flush=True)
     start = time.perf_counter()
-    # One intra-op thread per process unless the user chose otherwise: the data-loading worker takes the other
-    # core, and OpenMP pools (torch, faiss) spinning against each other make 2-thread runs on a busy 2-core box
-    # an order of magnitude slower.
-    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONPATH": str(ROOT)}
+    # ``threads`` intra-op threads unless the user set OMP_NUM_THREADS: one for the tools (OpenMP pools of torch
+    # and faiss spinning against the loader worker made 2-thread runs on a busy 2-core box an order of magnitude
+    # slower), the measured count for the training stages (training_threads).
+    env = {"OMP_NUM_THREADS": str(threads), **os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env)
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"demo: stage {stage!r} failed (exit status {proc.returncode}); see the messages above")
+
+
+def training_threads(setting: int | str, runs: Path, config: str, timings: dict[str, float]) -> int:
+    """The training stages' intra-op threads: ``demo.threads`` from the config, or for ``auto`` the count
+    experiments/demo_threads.py measures as fastest for the demo's step beside its loader worker (measured once,
+    kept in ``<runs>/threads.json``)."""
+    if setting != "auto":
+        return int(setting)
+    if "OMP_NUM_THREADS" in os.environ:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cache = runs / "threads.json"
+    if cache.is_file():
+        return int(json.loads(cache.read_text())["threads"])
+    from demo_threads import choose_threads
+
+    print(
+        "\n[threads] measuring the training step with 1, 2, ... intra-op threads (experiments/demo_threads.py)"
+    )
+    start = time.perf_counter()
+    threads, rates = choose_threads(ROOT / config)
+    timings["threads"] = time.perf_counter() - start
+    print(f"[threads] training stages use {threads} thread(s)", flush=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"threads": threads, "audio_s_per_s": rates}, indent=1) + "\n")
+    return threads
 
 
 def skip(stage: str, output: Path) -> bool:
@@ -332,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         run_dir = runs / name
         if not skip(f"fit {name}", run_dir / "DONE"):
+            threads = training_threads(demo.get("threads", "auto"), runs, args.config, timings)
             fit = ["fit", "--config", args.config, "--run.name", name, "--ckpt_path", "last"]
             if name == "it2":
                 fit += [
@@ -343,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(lab["clusters"]),
                 ]
                 fit += [f"--{key}={value}" for key, value in demo["it2"].items()]
-            run(hubert(*fit), timings, f"fit {name}")
+            run(hubert(*fit), timings, f"fit {name}", threads)
             (run_dir / "DONE").write_text("finished\n")
 
     # 7. BiT W1A1 student of the teacher iteration (it1 at demo scale, see configs/demo.yaml), and its export
@@ -356,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             hubert("fit", "--config", bq["config"], f"--model.teacher={teacher_ckpt}", "--ckpt_path", "last"),
             timings,
             "binarize",
+            training_threads(demo.get("threads", "auto"), runs, args.config, timings),
         )
         (bq_dir / "DONE").write_text("finished\n")
     packed = bq_dir / "model.packed.pt"

@@ -192,3 +192,17 @@ def test_flex_path_equals_sdpa_on_cuda(relative, sparsity):
         attn.backend = "sdpa"
         dense = attn(x, mask, pos)
     torch.testing.assert_close(_valid(flex, lengths), _valid(dense, lengths), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sparsity", [None, SparsityConfig(pattern="fixed", block=64, num_local_blocks=4)])
+def test_flex_block_mask_equals_the_dense_mask_on_cpu(sparsity):
+    """FlexAttention (eager on CPU, forward only) with the BlockMask built from the batched layouts gives the
+    dense path's outputs on every valid frame, padded rows included."""
+    attn = MultiHeadAttention(64, 4, backend="flex").eval()
+    x, lengths = torch.randn(3, 300, 64), torch.tensor([300, 211, 77])
+    mask = AttentionMask(lengths, 300, 4, sparsity)
+    with torch.no_grad():
+        flex = attn(x, mask)
+        attn.backend = "sdpa"
+        dense = attn(x, mask)
+    torch.testing.assert_close(_valid(flex, lengths), _valid(dense, lengths), atol=1e-5, rtol=1e-5)

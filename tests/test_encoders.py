@@ -205,6 +205,33 @@ def test_layerdrop_returns_block_input():
     assert not torch.equal(states[1], states[0])
 
 
+@pytest.mark.parametrize("kind", ["transformer", "conformer", "squeezeformer"])
+def test_layerdrop_gate_drops_the_chosen_blocks_and_still_gives_every_parameter_a_gradient(kind):
+    """``layer_keep`` (one step's draw, as compiled and DDP steps pass it): a dropped block returns its input, the
+    others run; every parameter gets a gradient (zero for the dropped block), so DDP finds no unused one."""
+    cfg = _tiny(kind, layerdrop=0.5, time_reduce_idx=None, time_recover_idx=None)  # every block at full rate
+    encoder = build_encoder(cfg).train()
+    x, lengths = torch.randn(2, 12, 16), torch.tensor([12, 7])
+    keep = torch.tensor([True, False, True])
+    states = encoder(x, lengths, layer_keep=keep)
+    assert torch.equal(states[2], states[1]) and not torch.equal(states[1], states[0])
+    states[-1].square().sum().backward()
+    dropped = "layers.1."
+    grads = {n: p.grad for n, p in encoder.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert all(not g.any() for n, g in grads.items() if n.startswith(dropped))
+    assert all(g.any() for n, g in grads.items() if n.startswith("layers.0."))
+
+
+def test_layer_keep_draw_has_the_layerdrop_rate():
+    from hubert_lit.models.encoders import draw_layer_keep
+
+    torch.manual_seed(0)
+    keep = torch.stack([draw_layer_keep(12, 0.25) for _ in range(2000)])
+    assert keep.shape == (2000, 12) and keep.dtype == torch.bool
+    assert abs(keep.float().mean().item() - 0.75) < 0.01  # 24000 draws: standard error 0.0028
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_every_parameter_gets_a_gradient(name):
     cfg = TINY[name]

@@ -289,3 +289,40 @@ def test_batch_shorter_than_one_frame_is_a_clear_error():
         model(torch.randn(1, 300), torch.tensor([300]))
     states, lengths = model.extract_features(torch.randn(2, 400), torch.tensor([400, 0]))
     assert lengths.tolist() == [1, 0] and states[-1].shape[1] == 1
+
+
+def test_lengths_none_means_no_padding_and_check_inputs_reports_padding():
+    model = build_hubert("conformer_s_tiny").eval()
+    wav = torch.randn(2, 9000)
+    labels = torch.randint(0, 100, (2, frames(9000)))
+    mask = model.compute_mask(
+        model.frame_lengths(torch.tensor([9000, 9000])), frames(9000), torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        full = model(wav, torch.tensor([9000, 9000]), labels, mask=mask)
+        none = model(wav, None, labels, mask=mask, validate=False)
+    assert torch.equal(full.logits, none.logits) and torch.equal(full.frame_lengths, none.frame_lengths)
+    assert not model.check_inputs(wav, torch.tensor([9000, 9000]), labels)
+    assert not model.check_inputs(wav, torch.tensor([9000, 8999]), labels)  # same frames: nothing to mask
+    assert model.check_inputs(wav, torch.tensor([9000, 5000]), labels)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 9000\]"):
+        model.check_inputs(wav, torch.tensor([9000, 9001]))
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.check_inputs(wav, None, torch.full_like(labels, 100))
+
+
+def test_output_rows_and_frame_logits_agree():
+    model = build_hubert("vanilla_tiny", num_classes=7).eval()
+    _, batch, lengths = padded_pair(5000, 9000)
+    labels = torch.randint(0, 7, (2, frames(9000)))
+    labels[0, frames(5000) :] = -100
+    labels[1, :3] = -100  # unlabelled frames count in neither part
+    out = model(batch, lengths, labels, generator=torch.Generator().manual_seed(0))
+    assert out.logits.shape == (2, frames(9000), 7)
+    rows = out.valid & (labels != -100)
+    assert torch.equal(out.labelled, rows)
+    assert torch.equal(out.logits_masked, out.logits[rows & out.mask])
+    assert torch.equal(out.targets_unmasked, labels[rows & ~out.mask])
+    terms = prediction_terms(out)
+    assert int(terms.masked_frames) == int((rows & out.mask).sum())
+    assert int(terms.unmasked_frames) == int((rows & ~out.mask).sum())

@@ -316,3 +316,29 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(target, weights_only=True)["step"] == 2
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+# ----------------------------------------------------------------------------------------------- fast path
+def test_batches_are_checked_on_the_host_before_the_transfer():
+    from hubert_lit.lit.base import FULL_LENGTH
+    from hubert_lit.lit.pretrain import HubertPretrainModule
+
+    module = HubertPretrainModule("vanilla_tiny", num_classes=4)
+    frames = (8000 - 400) // 320 + 1
+    batch = {
+        "waveforms": torch.randn(2, 8000),
+        "lengths": torch.tensor([8000, 8000]),
+        "labels": torch.zeros(2, frames, dtype=torch.long),
+        "ids": ["a", "b"],
+    }
+    checked = module.on_before_batch_transfer(batch, 0)
+    assert checked[FULL_LENGTH] is True and checked["ids"] == ["a", "b"] and FULL_LENGTH not in batch
+    assert module.model_lengths(checked) is None  # no padding: the model runs attention without a mask
+    padded = module.on_before_batch_transfer({**batch, "lengths": torch.tensor([8000, 6000])}, 0)
+    assert padded[FULL_LENGTH] is False and torch.equal(
+        module.model_lengths(padded), torch.tensor([8000, 6000])
+    )
+    with pytest.raises(ValueError, match="labels must be in"):
+        module.on_before_batch_transfer({**batch, "labels": torch.full((2, frames), 4)}, 0)
+    with pytest.raises(ValueError, match="compile_mode"):
+        HubertPretrainModule("vanilla_tiny", num_classes=4, compile=True, compile_mode="fastest")

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from hubert_lit.models.sparsity import SparsityConfig, attention_density, make_layout, token_mask
+from hubert_lit.models.sparsity import (
+    SparsityConfig,
+    attention_density,
+    batch_layouts,
+    make_layout,
+    token_mask,
+)
 
 
 def _rows(*rows: str) -> torch.Tensor:
@@ -76,6 +82,34 @@ def test_token_mask_uses_each_utterance_length_and_partial_blocks():
     # The keys a valid query sees do not depend on the padded length.
     alone = token_mask(cfg, 1, torch.tensor([3]), 3)
     assert torch.equal(alone[0], mask[1, :, :3, :3])
+
+
+def _fixed_configs():
+    for local, glob in ((1, 1), (2, 1), (3, 1), (4, 1), (4, 2), (6, 3)):
+        for patterns in range(1, local // glob + 1):
+            for horizontal in (False, True):
+                yield SparsityConfig("fixed", 3, local, glob, patterns > 1, patterns, horizontal)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        *_fixed_configs(),
+        *(SparsityConfig(p, 2, local) for p in ("strided", "local") for local in (1, 2, 3, 5)),
+    ],
+    ids=str,
+)
+def test_batched_layouts_equal_the_per_utterance_layouts(cfg):
+    """The tensor-op layouts of a batch (no value read back, so they compile) are make_layout's for each
+    utterance's own length, zero-padded to the batch grid, for every length up to several windows."""
+    lengths, length, heads = torch.arange(0, 41), 40, 4
+    got = batch_layouts(cfg, heads, lengths, length)
+    grid = -(-length // cfg.block)
+    for b, n in enumerate(lengths.tolist()):
+        blocks = -(-n // cfg.block)
+        want = torch.zeros(heads, grid, grid, dtype=torch.bool)
+        want[:, :blocks, :blocks] = make_layout(cfg, heads, blocks)
+        assert torch.equal(got[b], want), n
 
 
 def test_attention_density_counts_allowed_scores():

@@ -1,5 +1,6 @@
 """What the suite's two LightningModules share: the HuBERT model under training, optimisation (AdamW with linear
-warm-up and decay), the non-finite-gradient guard, throughput logging, ``predict`` and the checkpoint entries.
+warm-up and decay), the non-finite-gradient guard, throughput logging, ``predict``, the checkpoint entries and
+the fast path (host-side batch checks, ``torch.compile`` of the step, fused AdamW on CUDA).
 
 :class:`~hubert_lit.lit.pretrain.HubertPretrainModule` and :class:`~hubert_lit.lit.distill.BiTDistillModule` are
 siblings below :class:`HubertLightningModule`; each defines only the steps that make sense for it.
@@ -8,13 +9,23 @@ Non-finite steps: when the gradient norm (after DDP's all-reduce, so every rank 
 infinite, the gradients are dropped, so the optimizer leaves every parameter and its moments untouched; a warning
 is logged and ``train/skipped_steps`` counts them. ``max_nonfinite_steps`` in a row abort the run. The LR schedule
 follows the optimizer step counter (``global_step``), skipped steps included.
+
+Host reads (each one a host-device sync on a GPU) are kept out of the step: a batch is validated on the host
+before it moves to the device (:meth:`HubertLightningModule.on_before_batch_transfer`), which also finds out
+whether every row fills the batch (then the model gets ``lengths=None`` and attention runs without a mask);
+LayerDrop is drawn once per step on the host when the step is compiled or runs under DDP; counts for logging stay
+tensors until Lightning logs them. The one read per step left is the gradient norm's ``isfinite``.
+``model.compile: true`` compiles each module's step (forward + loss terms; ``model.compile_mode`` picks the
+``torch.compile`` mode).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -28,6 +39,24 @@ from hubert_lit.models import HubertConfig, HubertModel
 
 log = logging.getLogger(__name__)
 
+# on_before_batch_transfer is the module's on purpose (host-side batch checks); Lightning warns at every fit that a
+# module overrides it beside a DataModule that does not (a DataModule that does gets its own warning, kept).
+warnings.filterwarnings(
+    "ignore",
+    message="You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a",
+)
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES = get_args(CompileMode)
+FULL_LENGTH = "full_length"
+"""Batch key added on the host before the transfer: True when every row fills the batch (no padding)."""
+
+
+def host_scalar(value: float) -> Tensor:
+    """A Python number as a CPU tensor for ``self.log``: Lightning would copy a number to the device at every
+    step (a blocking copy: a sync on a GPU); a CPU tensor is only read when a logger writes it."""
+    return torch.tensor(float(value), dtype=torch.float32)
+
 
 class HubertLightningModule(pl.LightningModule):
     """Base of the suite's LightningModules; subclasses set ``self.model`` and call ``save_hyperparameters()``.
@@ -40,14 +69,20 @@ class HubertLightningModule(pl.LightningModule):
     """
 
     model: HubertModel
+    compile_backend = "inductor"  # torch.compile backend of ``model.compile`` (tests use "aot_eager")
 
-    def __init__(self) -> None:
+    def __init__(self, compile: bool = False, compile_mode: CompileMode = "default") -> None:
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.predict_layer: int | None = None
         self._consecutive_nonfinite = 0
         self._skipped_steps = 0
-        self._step_audio_seconds = 0.0
+        self._step_samples: Tensor | float = 0.0
         self._last_batch_end: float | None = None
+        self._compile = bool(compile)
+        self._compile_mode = compile_mode
+        self._compiled: dict[str, Callable] = {}
 
     @classmethod
     def requires_labels(cls, init_args: Any) -> bool:
@@ -65,6 +100,44 @@ class HubertLightningModule(pl.LightningModule):
         if self.trainer.world_size == 1:
             return None
         return lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
+
+    # ------------------------------------------------------------------------------------------ fast path
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Validate the batch on the host copy (free there; on the device every check is a sync) and note whether
+        every row fills it (``FULL_LENGTH``)."""
+        if isinstance(batch, dict) and "waveforms" in batch and "lengths" in batch:
+            waves, lengths = batch["waveforms"], batch["lengths"]
+            self.model.check_inputs(waves, lengths, batch.get("labels"))
+            batch = {**batch, FULL_LENGTH: bool((lengths == waves.shape[1]).all())}
+        return batch
+
+    def model_lengths(self, batch: dict[str, Any]) -> Tensor | None:
+        """The ``lengths`` to give the model, which then needs no validation (``validate=False``): None when the
+        host found every row full length. A batch that did not pass through :meth:`on_before_batch_transfer` is
+        validated here (eager, host reads)."""
+        full = batch.get(FULL_LENGTH)
+        if full is None:
+            self.model.check_inputs(batch["waveforms"], batch["lengths"], batch.get("labels"))
+            return batch["lengths"]
+        return None if full else batch["lengths"]
+
+    def compiled(self, name: str, fn: Callable) -> Callable:
+        """``fn`` through ``torch.compile`` when ``model.compile`` is on (compiled once, then reused), else ``fn``."""
+        if not self._compile:
+            return fn
+        if name not in self._compiled:
+            mode = None if self.compile_backend != "inductor" else self._compile_mode  # modes are inductor's
+            self._compiled[name] = torch.compile(fn, mode=mode, backend=self.compile_backend)
+        return self._compiled[name]
+
+    def layer_keep(self) -> Tensor | None:
+        """One step's LayerDrop draw, made on the host, when the step is compiled or runs under DDP: the blocks
+        then run as a fixed graph and every parameter gets a gradient (DDP needs no ``find_unused_parameters``).
+        None otherwise: the model draws per block and skips the dropped ones (the reference behaviour)."""
+        if not (self._compile or self.trainer.world_size > 1):
+            return None
+        keep = self.model.draw_layer_keep()
+        return None if keep is None else keep.to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------------------------------ non-finite steps
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -98,12 +171,13 @@ class HubertLightningModule(pl.LightningModule):
                     f"{self.global_step}); aborting. Lower model.lr, use bf16-mixed instead of 16-mixed, or check the "
                     "input audio. Raise model.max_nonfinite_steps to tolerate more."
                 )
-        self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False)
+        self.log("train/skipped_steps", host_scalar(self._skipped_steps), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------------------------------ throughput
     def record_step_audio(self, samples_all_ranks: Tensor | float) -> None:
-        """Audio of the current training step over all ranks, in samples (for ``train/audio_sec_per_sec``)."""
-        self._step_audio_seconds = float(samples_all_ranks) / SAMPLE_RATE
+        """Audio of the current training step over all ranks, in samples (for ``train/audio_sec_per_sec``); a
+        tensor stays on its device (read only when Lightning logs it)."""
+        self._step_samples = samples_all_ranks
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Throughput: audio of the step (all ranks) over wall time since the previous step ended (data loading
@@ -111,9 +185,9 @@ class HubertLightningModule(pl.LightningModule):
         now = time.perf_counter()
         if self._last_batch_end is not None:
             elapsed = max(now - self._last_batch_end, 1e-9)
-            self.log(
-                "train/audio_sec_per_sec", self._step_audio_seconds / elapsed, on_step=True, on_epoch=False
-            )
+            rate = self._step_samples / (SAMPLE_RATE * elapsed)
+            rate = rate.float() if isinstance(rate, Tensor) else host_scalar(rate)
+            self.log("train/audio_sec_per_sec", rate, on_step=True, on_epoch=False)
         self._last_batch_end = now
 
     def on_train_epoch_start(self) -> None:
@@ -128,7 +202,9 @@ class HubertLightningModule(pl.LightningModule):
         layer = self.predict_layer
         if layer is not None and not 0 <= layer <= self.model.num_layers:
             raise ValueError(f"predict_layer must be in [0, {self.model.num_layers}], got {layer}")
-        states, frame_lengths = self.model.extract_features(batch["waveforms"], batch["lengths"], layer=layer)
+        states, frame_lengths = self.model.extract_features(
+            batch["waveforms"], self.model_lengths(batch), layer=layer, validate=False
+        )
         feats = states[-1].detach().float().cpu()
         frames = frame_lengths.cpu().tolist()
         return {
@@ -155,8 +231,14 @@ class HubertLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
+        # fused: one kernel for every parameter on CUDA (CPU keeps the default, reproducing earlier runs exactly)
         optimizer = torch.optim.AdamW(
-            self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay
+            self.parameter_groups(),
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            weight_decay=hp.weight_decay,
+            fused=True if self.device.type == "cuda" else None,
         )
         scheduler = warmup_linear_decay(optimizer, hp.warmup_steps, self.total_steps())
         return {

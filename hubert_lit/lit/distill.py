@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from hubert_lit.checkpoint import QUANT_SPEC_KEY, TEACHER_PREFIX, load_model
-from hubert_lit.lit.base import HubertLightningModule
+from hubert_lit.lit.base import CompileMode, HubertLightningModule, host_scalar
 from hubert_lit.lit.losses import (
     PredictionTerms,
     RunningSums,
@@ -131,6 +131,9 @@ class BiTDistillModule(HubertLightningModule):
         warmup_steps: linear warm-up steps.
         max_steps: step at which the LR reaches 0; ``None`` takes ``trainer.max_steps``.
         max_nonfinite_steps: abort after this many consecutive steps with non-finite gradients.
+        compile: run the training step's teacher and student passes and losses through ``torch.compile`` once
+            every activation scale is initialised (the first training step, which initialises them, runs eagerly).
+        compile_mode: ``torch.compile`` mode (see :class:`~hubert_lit.lit.pretrain.HubertPretrainModule`).
 
     ``predict`` returns the student layer chosen with the CLI's ``--predict_layer`` (as for pretraining).
     """
@@ -162,8 +165,10 @@ class BiTDistillModule(HubertLightningModule):
         warmup_steps: int = 1000,
         max_steps: int | None = None,
         max_nonfinite_steps: int = 20,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
-        super().__init__()
+        super().__init__(compile, compile_mode)
         if temperature <= 0:
             raise ValueError(f"model.temperature must be > 0, got {temperature}")
         for name, value in (
@@ -255,27 +260,38 @@ class BiTDistillModule(HubertLightningModule):
         return hook
 
     def _forward_pair(self, batch: dict[str, Any]) -> DistillStep:
-        """Teacher and student on the same batch: the hidden-state loss on the unmasked (or masked) pass, the
-        logit loss on the masked frames of a span-masked pass both models share."""
-        waves, lengths = batch["waveforms"], batch["lengths"].to(batch["waveforms"].device)
-        labels = batch.get("labels")
+        """Teacher and student on the same batch and span mask (compiled in training with ``model.compile``, once
+        the activation scales are initialised: their first-batch initialisation reads values back)."""
+        pair = self._pair
+        if self.training and all(q.is_initialized() for _, q in activation_quantizers(self.model)):
+            pair = self.compiled("train", self._pair)
+        return pair(batch["waveforms"], self.model_lengths(batch), batch.get("labels"))
+
+    def _pair(self, waves: Tensor, lengths: Tensor | None, labels: Tensor | None) -> DistillStep:
+        """The hidden-state loss on the unmasked (or masked) pass, the logit loss on the masked frames of a
+        span-masked pass both models share."""
         hp = self.hparams
-        frame_lengths = self.model.frame_lengths(lengths)
         num_frames = self.model.num_frames(waves.shape[1])
-        valid = ~lengths_to_padding_mask(frame_lengths, num_frames)
+        if lengths is None:
+            frame_lengths = torch.full((waves.shape[0],), num_frames, dtype=torch.long, device=waves.device)
+        else:
+            frame_lengths = self.model.frame_lengths(lengths.to(waves.device))
         hidden = None
         if hp.hidden_pass == "unmasked":  # first, so the activation scales calibrate on unmasked input
+            valid = ~lengths_to_padding_mask(frame_lengths, num_frames)
             with torch.no_grad():
-                t_states, _ = self.teacher.extract_features(waves, lengths)
-            s_states, _ = self.model.extract_features(waves, lengths)
+                t_states, _ = self.teacher.extract_features(waves, lengths, validate=False)
+            s_states, _ = self.model.extract_features(waves, lengths, validate=False)
             hidden = hidden_state_mse(s_states, t_states, valid)
         mask = self.model.compute_mask(frame_lengths, num_frames)
         with torch.no_grad():
-            t_out = self.teacher(waves, lengths, labels=labels, mask=mask)
-        s_out = self.model(waves, lengths, labels=labels, mask=mask)
+            t_out = self.teacher(waves, lengths, labels=labels, mask=mask, validate=False)
+        s_out = self.model(waves, lengths, labels=labels, mask=mask, validate=False)
         if hidden is None:
-            hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, valid)
-        logit = soft_cross_entropy(s_out.logits_masked, t_out.logits_masked, hp.temperature)
+            hidden = hidden_state_mse(s_out.hidden_states, t_out.hidden_states, s_out.valid)
+        logit = soft_cross_entropy(
+            s_out.logits, t_out.logits, hp.temperature, rows=s_out.mask & s_out.labelled
+        )
         s_terms = t_terms = None
         if labels is not None:
             s_terms, t_terms = prediction_terms(s_out), prediction_terms(t_out)
@@ -297,7 +313,7 @@ class BiTDistillModule(HubertLightningModule):
             "train/loss": step.loss.detach(),
             "train/hidden_mse": step.hidden_mse.detach(),
             "train/logit_kd": step.logit_kd.detach(),
-            "train/lr": self.optimizers().param_groups[0]["lr"],
+            "train/lr": host_scalar(self.optimizers().param_groups[0]["lr"]),
         }
         if s_terms is not None:
             metrics["train/student_masked_acc"] = s_terms.masked_accuracy
@@ -308,7 +324,7 @@ class BiTDistillModule(HubertLightningModule):
             metrics[f"quant/{key}"] = total[0] / total[1].clamp(min=1.0)
         self._pos_counts = {}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.record_step_audio(float(batch["lengths"].sum()) * self.trainer.world_size)
+        self.record_step_audio(batch["lengths"].sum() * self.trainer.world_size)
         return step.loss
 
     # ------------------------------------------------------------------------------------------ validation

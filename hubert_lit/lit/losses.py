@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hubert_lit.constants import LABEL_PAD
 from hubert_lit.models import HubertConfig, HubertOutput
 
 AllReduce = Callable[[Tensor], Tensor]
@@ -104,17 +105,26 @@ PREDICTION_SUMS = tuple(sorted((*PredictionTerms.__dataclass_fields__, "batches"
 
 
 def prediction_terms(out: HubertOutput) -> PredictionTerms:
-    """Cross-entropy sums, frame counts and correct predictions of a labelled forward pass."""
-    if out.targets_masked is None or out.targets_unmasked is None:
+    """Cross-entropy sums, frame counts and correct predictions of a labelled forward pass.
+
+    Computed over every frame at fixed shapes (one cross-entropy per frame, summed where the frame is masked /
+    unmasked and labelled), so nothing here depends on how many frames are masked: no host sync, one graph.
+    """
+    if out.targets is None:
         raise ValueError("the forward pass had no labels: pass labels to the model to get a loss")
+    logits, targets = out.logits.flatten(0, -2), out.targets.flatten()
+    ce = F.cross_entropy(logits, targets, ignore_index=LABEL_PAD, reduction="none")
+    correct = logits.argmax(-1) == targets
+    labelled = targets != LABEL_PAD
+    masked = out.mask.flatten() & labelled
+    unmasked = ~out.mask.flatten() & labelled
 
-    def part(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        ce = F.cross_entropy(logits, targets, reduction="sum")
-        frames = torch.tensor(targets.numel(), device=logits.device)
-        return ce, frames, (logits.argmax(-1) == targets).sum()
+    def part(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # torch.where, not a product: a non-finite CE on a row of the other part must not leak in
+        return torch.where(rows, ce, 0.0).sum(), rows.sum(), (correct & rows).sum()
 
-    ce_m, n_m, correct_m = part(out.logits_masked, out.targets_masked)
-    ce_u, n_u, correct_u = part(out.logits_unmasked, out.targets_unmasked)
+    ce_m, n_m, correct_m = part(masked)
+    ce_u, n_u, correct_u = part(unmasked)
     return PredictionTerms(ce_m, n_m, correct_m, ce_u, n_u, correct_u, out.feature_penalty)
 
 
@@ -170,23 +180,28 @@ def hubert_metrics(config: HubertConfig, sums: Mapping[str, Tensor], prefix: str
 
 
 # ----------------------------------------------------------------------------------------------- distillation
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def soft_cross_entropy(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, rows: Tensor | None = None
+) -> Tensor:
     """Mean over rows of the soft cross-entropy ``-sum_c p_c log q_c`` minus the teacher's entropy
     ``-sum_c p_c log p_c``, i.e. KL(p || q) with ``p = softmax(t / T)``, ``q = softmax(s / T)``.
 
     The gradient is exactly the soft cross-entropy's (the entropy does not depend on the student); subtracting
-    it makes 0 the value of a perfect match, so the logged loss shows how much is left to learn. 0 for no rows.
+    it makes 0 the value of a perfect match, so the logged loss shows how much is left to learn. ``rows`` (bool,
+    the logits' leading shape) selects the rows averaged over at fixed shapes (e.g. the masked frames of
+    ``(B, T, k)`` logits); all rows when None. 0 for no rows.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ"
         )
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    per_row = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if rows is None:
+        return per_row.mean() if per_row.numel() else per_row.sum()
+    return torch.where(rows, per_row, 0.0).sum() / rows.sum().clamp(min=1)
 
 
 def hidden_state_mse(student: Sequence[Tensor], teacher: Sequence[Tensor], valid: Tensor) -> Tensor:

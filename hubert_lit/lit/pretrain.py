@@ -18,9 +18,10 @@ from typing import Any
 
 from torch import Tensor
 
-from hubert_lit.lit.base import HubertLightningModule
+from hubert_lit.lit.base import CompileMode, HubertLightningModule, host_scalar
 from hubert_lit.lit.losses import (
     PREDICTION_SUMS,
+    PredictionTerms,
     RunningSums,
     batch_objective,
     hubert_metrics,
@@ -50,6 +51,10 @@ class HubertPretrainModule(HubertLightningModule):
         max_steps: step at which the LR reaches 0; ``None`` takes ``trainer.max_steps``.
         max_nonfinite_steps: abort after this many consecutive steps with non-finite gradients (each is skipped).
             With ``16-mixed`` the GradScaler's own overflow steps count too, so keep it well above ~10.
+        compile: run the training step's forward and loss terms through ``torch.compile`` (the fast path on a
+            GPU; the first steps pay the compilation).
+        compile_mode: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs), ``max-autotune``
+            or ``max-autotune-no-cudagraphs``.
     """
 
     def __init__(
@@ -65,8 +70,10 @@ class HubertPretrainModule(HubertLightningModule):
         warmup_steps: int = 32000,
         max_steps: int | None = None,
         max_nonfinite_steps: int = 20,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
-        super().__init__()
+        super().__init__(compile, compile_mode)
         if num_classes is None or num_classes < 1:
             raise ValueError(
                 f"model.num_classes must be a positive integer (the labels' k-means clusters), got {num_classes!r}"
@@ -84,9 +91,17 @@ class HubertPretrainModule(HubertLightningModule):
         return True
 
     # ------------------------------------------------------------------------------------------ training
+    def _terms(
+        self, waveforms: Tensor, lengths: Tensor | None, labels: Tensor, layer_keep: Tensor | None
+    ) -> PredictionTerms:
+        """Forward and the loss terms: what ``model.compile`` compiles (fixed shapes, no host read)."""
+        out = self.model(waveforms, lengths, labels, layer_keep=layer_keep, validate=False)
+        return prediction_terms(out)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        out = self.model(batch["waveforms"], batch["lengths"], labels=batch["labels"])
-        terms = prediction_terms(out)
+        terms = self.compiled("train", self._terms)(
+            batch["waveforms"], self.model_lengths(batch), batch["labels"], self.layer_keep()
+        )
         totals = reduce_sums(
             {
                 "masked_frames": terms.masked_frames,
@@ -115,7 +130,7 @@ class HubertPretrainModule(HubertLightningModule):
                 "train/feature_pen": terms.feature_penalty.detach(),
                 "train/masked_acc": terms.masked_accuracy,
                 "train/unmasked_acc": terms.unmasked_accuracy,
-                "train/lr": self.optimizers().param_groups[0]["lr"],
+                "train/lr": host_scalar(self.optimizers().param_groups[0]["lr"]),
             },
             on_step=True,
             on_epoch=False,
@@ -145,8 +160,9 @@ class HubertPretrainModule(HubertLightningModule):
         self._log_eval("test")
 
     def _accumulate_eval(self, batch: dict[str, Any]) -> None:
-        out = self.model(batch["waveforms"], batch["lengths"], labels=batch["labels"])
-        self._eval_sums.add(prediction_terms(out).sums())
+        self._eval_sums.add(
+            self._terms(batch["waveforms"], self.model_lengths(batch), batch["labels"], None).sums()
+        )
 
     def _log_eval(self, prefix: str) -> None:
         """Log ``<prefix>/loss``, masked/unmasked CE and accuracy over every rank's batches."""

@@ -31,26 +31,37 @@ FLEX_TILE = 128  # compiled FlexAttention needs tiles that are multiples of 128 
 
 
 class AttentionMask:
-    """Which keys each query may attend to; built once per encoder forward and shared by all layers."""
+    """Which keys each query may attend to; built once per encoder forward and shared by all layers.
 
-    def __init__(self, lengths: Tensor, length: int, num_heads: int, sparsity: SparsityConfig | None = None):
+    ``padded`` says whether any row is shorter than ``length``: ``False`` lets SDPA run without a mask (its
+    flash kernel on CUDA) when there is no sparse layout either. ``None`` finds out from ``lengths``, which reads
+    them back to the host (and checks their range); inside a compiled graph nothing is read and a padding mask is
+    always built (correct for any lengths). Pass the flag when the host already knows it.
+    """
+
+    def __init__(
+        self,
+        lengths: Tensor,
+        length: int,
+        num_heads: int,
+        sparsity: SparsityConfig | None = None,
+        padded: bool | None = None,
+    ):
         if lengths.ndim != 1 or lengths.dtype.is_floating_point:
             raise ValueError(
                 f"lengths must be a 1-D integer tensor, got shape {tuple(lengths.shape)} "
                 f"and dtype {lengths.dtype}"
             )
-        low, high = torch.stack(lengths.aminmax()).tolist() if len(lengths) else (length, length)
-        if low < 0 or high > length:
-            raise ValueError(
-                f"lengths must lie in [0, {length}] (the padded length), got min {low} and max {high}"
-            )
+        if padded is None:
+            padded = True if torch.compiler.is_compiling() else _check_lengths(lengths, length)
         self.lengths = lengths
         self.length = length
         self.num_heads = num_heads
         self.sparsity = sparsity
+        self.padded = padded
         self.valid = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
         # Nothing to mask: SDPA may then run without a mask (FlashAttention on CUDA).
-        self.unmasked = sparsity is None and low == length
+        self.unmasked = sparsity is None and not padded
         self._dense: Tensor | None = None
         self._block_mask = None
 
@@ -99,6 +110,16 @@ class AttentionMask:
         return self._block_mask
 
 
+def _check_lengths(lengths: Tensor, length: int) -> bool:
+    """Raise unless every length lies in ``[0, length]``; return whether any row is padded (one host read)."""
+    low, high = torch.stack(lengths.aminmax()).tolist() if len(lengths) else (length, length)
+    if low < 0 or high > length:
+        raise ValueError(
+            f"lengths must lie in [0, {length}] (the padded length), got min {low} and max {high}"
+        )
+    return low < length
+
+
 def relative_shift(scores: Tensor) -> Tensor:
     """Map ``(..., T, 2T-1)`` scores against relative positions ``T-1 .. -(T-1)`` to ``(..., T, T)`` so that
     entry ``(i, j)`` holds the score for relative position ``i - j`` (Transformer-XL rel-shift)."""
@@ -116,7 +137,7 @@ def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask, bias: Tensor | 
     from torch.nn.attention.flex_attention import flex_attention
 
     fn = flex_attention
-    if q.is_cuda:
+    if q.is_cuda and not torch.compiler.is_compiling():  # inside a compiled step the step's compile covers it
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention)
         fn = _compiled_flex

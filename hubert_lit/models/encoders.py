@@ -4,8 +4,20 @@ block-sparse layout), Conformer-S and Squeezeformer-XS.
 Every encoder maps ``(x: (B, T, D), lengths: (B,))`` to a list of ``num_layers + 1`` hidden states of shape
 ``(B, T, D)``: index 0 is the input to block 1, index i the output of block i. ``forward(x, lengths,
 num_layers=n)`` runs only blocks 1..n and returns the first n + 1 of those states. Outputs at valid frames do not
-depend on padding (eval mode). The convolutional positional embedding of the Transformer family lives in the
-front end (``frontend.py``), not here; Conformer and Squeezeformer use relative positions inside attention.
+depend on padding (eval mode). ``padded`` (optional) tells the attention mask whether any row is padded, so it need
+not read ``lengths`` back (see :class:`~hubert_lit.models.attention.AttentionMask`). The convolutional positional
+embedding of the Transformer family lives in the front end (``frontend.py``), not here; Conformer and
+Squeezeformer use relative positions inside attention.
+
+LayerDrop (training, ``layerdrop > 0``) has two forms with the same distribution. By default each block draws
+``torch.rand(()) < layerdrop`` on the host when it is reached and a dropped block is not computed (a host read
+per block, so not for a compiled graph). A caller that passes ``layer_keep`` (a bool tensor ``(num_layers,)``,
+e.g. from :func:`draw_layer_keep`, drawn once per step) gets a fixed graph: every block is computed and a dropped
+block's output is discarded with ``torch.where`` (inside a compiled graph without ``layer_keep``, the draw is made
+in the graph). That costs the dropped blocks' compute (``layerdrop`` of the encoder on average: 5 % for the
+Transformer presets, nothing for Conformer-S and Squeezeformer-XS, whose layerdrop is 0) and gives their
+parameters zero gradients instead of none, so DDP needs no ``find_unused_parameters`` (AdamW then still decays
+those parameters' moments and applies weight decay, where a skipped block leaves them untouched).
 """
 
 from __future__ import annotations
@@ -128,9 +140,25 @@ def _num_blocks(layers: nn.ModuleList, num_layers: int | None) -> int:
     return num_layers
 
 
-def _drop_block(encoder: nn.Module, layerdrop: float) -> bool:
-    """LayerDrop: in training, skip a block (it returns its input) with probability ``layerdrop``."""
-    return encoder.training and layerdrop > 0 and bool(torch.rand(()) < layerdrop)
+def draw_layer_keep(num_layers: int, layerdrop: float, device: torch.device | None = None) -> Tensor:
+    """One step's LayerDrop draw (on the host by default): a bool tensor ``(num_layers,)``, True = the block runs."""
+    return torch.rand(num_layers, device=device) >= layerdrop
+
+
+def _layer_keep(encoder: nn.Module, layer_keep: Tensor | None, x: Tensor) -> Tensor | None:
+    """The caller's draw, or inside a compiled graph without one a draw made in the graph (no host read)."""
+    if layer_keep is None and torch.compiler.is_compiling() and encoder.training and encoder.layerdrop > 0:
+        return draw_layer_keep(len(encoder.layers), encoder.layerdrop, x.device)
+    return layer_keep
+
+
+def _run_block(encoder: nn.Module, index: int, layer_keep: Tensor | None, block, x: Tensor, *args) -> Tensor:
+    """Block ``index`` with LayerDrop in training (see the module docstring for its two forms)."""
+    if not (encoder.training and encoder.layerdrop > 0):
+        return block(x, *args)
+    if layer_keep is None:
+        return x if bool(torch.rand(()) < encoder.layerdrop) else block(x, *args)
+    return torch.where(layer_keep[index], block(x, *args), x)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,17 +204,25 @@ class TransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
         self.apply(_init_bert_params)
 
-    def forward(self, x: Tensor, lengths: Tensor, num_layers: int | None = None) -> list[Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        num_layers: int | None = None,
+        *,
+        padded: bool | None = None,
+        layer_keep: Tensor | None = None,
+    ) -> list[Tensor]:
         """``x``: (B, T, D), ``lengths``: (B,) -> ``num_layers + 1`` states (all blocks when None)."""
         count = _num_blocks(self.layers, num_layers)
-        mask = AttentionMask(lengths, x.shape[1], self.num_heads, self.sparsity)
+        layer_keep = _layer_keep(self, layer_keep, x)
+        mask = AttentionMask(lengths, x.shape[1], self.num_heads, self.sparsity, padded)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
         states = [x]
-        for layer in self.layers[:count]:
-            if not _drop_block(self, self.layerdrop):
-                x = layer(x, mask)
+        for i, layer in enumerate(self.layers[:count]):
+            x = _run_block(self, i, layer_keep, layer, x, mask)
             states.append(x)
         if self.layer_norm_first and count == len(self.layers):
             states[-1] = self.layer_norm(states[-1])
@@ -240,15 +276,23 @@ class ConformerEncoder(nn.Module):
         self.pos_encoding = RelativePositionalEncoding(cfg.dim)
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, x: Tensor, lengths: Tensor, num_layers: int | None = None) -> list[Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        num_layers: int | None = None,
+        *,
+        padded: bool | None = None,
+        layer_keep: Tensor | None = None,
+    ) -> list[Tensor]:
         """``x``: (B, T, D), ``lengths``: (B,) -> ``num_layers + 1`` states (all blocks when None)."""
         count = _num_blocks(self.layers, num_layers)
-        mask = AttentionMask(lengths, x.shape[1], self.num_heads, self.sparsity)
+        layer_keep = _layer_keep(self, layer_keep, x)
+        mask = AttentionMask(lengths, x.shape[1], self.num_heads, self.sparsity, padded)
         pos_emb = self.pos_encoding(x.shape[1], x.device, x.dtype)
         states = [x]
-        for layer in self.layers[:count]:
-            if not _drop_block(self, self.layerdrop):
-                x = layer(x, mask, pos_emb)
+        for i, layer in enumerate(self.layers[:count]):
+            x = _run_block(self, i, layer_keep, layer, x, mask, pos_emb)
             states.append(x)
         return states
 
@@ -306,29 +350,38 @@ class SqueezeformerEncoder(nn.Module):
             self.time_reduction = TimeReduction(cfg.dim, cfg.time_reduction_kernel_size)
             self.time_recovery = TimeRecovery(cfg.dim)
 
-    def _context(self, x: Tensor, lengths: Tensor) -> tuple[AttentionMask, Tensor]:
-        mask = AttentionMask(lengths, x.shape[1], self.num_heads, self.sparsity)
+    def _context(self, x: Tensor, lengths: Tensor, padded: bool | None) -> tuple[AttentionMask, Tensor]:
+        mask = AttentionMask(lengths, x.shape[1], self.num_heads, self.sparsity, padded)
         return mask, self.pos_encoding(x.shape[1], x.device, x.dtype)
 
-    def forward(self, x: Tensor, lengths: Tensor, num_layers: int | None = None) -> list[Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        num_layers: int | None = None,
+        *,
+        padded: bool | None = None,
+        layer_keep: Tensor | None = None,
+    ) -> list[Tensor]:
         """``x``: (B, T, D), ``lengths``: (B,) -> ``num_layers + 1`` states (all blocks when None)."""
         count = _num_blocks(self.layers, num_layers)
+        layer_keep = _layer_keep(self, layer_keep, x)
         length = x.shape[1]
         x = self.pre_layer_norm(x)
-        mask, pos_emb = full = self._context(x, lengths)
+        mask, pos_emb = full = self._context(x, lengths, padded)
         states = [x]
         skip = None
         for i, layer in enumerate(self.layers[:count]):
             if i == self.reduce_idx:
                 skip = x
                 x = self.time_reduction(x, mask.valid)
-                mask, pos_emb = self._context(x, reduced_lengths(lengths))
+                # unpadded at full rate -> unpadded at half rate; a padded row may fill all ceil(T / 2) frames
+                mask, pos_emb = self._context(x, reduced_lengths(lengths), None if mask.padded else False)
             elif i == self.recover_idx:
                 x = self.time_recovery(x, skip)
                 mask, pos_emb = full
                 skip = None
-            if not _drop_block(self, self.layerdrop):
-                x = layer(x, mask, pos_emb)
+            x = _run_block(self, i, layer_keep, layer, x, mask, pos_emb)
             states.append(x if skip is None else x.repeat_interleave(2, dim=1)[:, :length])
         return states
 

@@ -70,6 +70,13 @@ def conv_output_lengths(lengths: Tensor, layers: Sequence[ConvSpec]) -> Tensor:
     return lengths
 
 
+def conv_output_length(num_samples: int, layers: Sequence[ConvSpec]) -> int:
+    """:func:`conv_output_lengths` for one Python int (no tensor, so nothing to read back)."""
+    for _, kernel, stride in layers:
+        num_samples = max((num_samples - kernel) // stride + 1, 0)
+    return num_samples
+
+
 def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     """Boolean ``(B, max_len)`` mask, True on padded positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
@@ -168,6 +175,10 @@ class ConvFeatureExtractor(nn.Module):
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Frames produced for ``lengths`` valid samples."""
         return conv_output_lengths(lengths, self.layers_spec)
+
+    def output_length(self, num_samples: int) -> int:
+        """Frames produced for ``num_samples`` valid samples (a Python int)."""
+        return conv_output_length(num_samples, self.layers_spec)
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``waveforms`` (B, L) and valid ``lengths`` (B,) -> features (B, T, C) and frame lengths (B,).

@@ -16,14 +16,15 @@ whether queries in block ``r`` may attend to keys in block ``c``. All patterns a
   ``r - w .. r + w`` with ``w = num_local_blocks // 2``. Same for every head.
 
 Layouts are built per utterance from its own valid length, ``nb = ceil(length / block)`` (a partial last block
-is fine), so the keys a valid query sees never depend on how much padding its batch has.
+is fine), so the keys a valid query sees never depend on how much padding its batch has. :func:`make_layout`
+builds one layout with Python loops (the readable reference); the batched masks (:func:`batch_layouts`,
+:func:`token_mask`) compute the same layouts with tensor ops from the lengths, without reading them back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,20 +132,56 @@ def make_layout(cfg: SparsityConfig, num_heads: int, num_blocks: int) -> Tensor:
     return layout[None].expand(num_heads, -1, -1).clone()
 
 
+def ceil_div(a, b):
+    """``ceil(a / b)`` for ints or integer tensors, without floats (exact, and traceable with symbolic sizes)."""
+    return -(-a // b)
+
+
+def _block_grid(cfg: SparsityConfig, num_heads: int, num_blocks: Tensor, grid: int) -> Tensor:
+    """Layouts of utterances with ``num_blocks[b]`` blocks each on a ``grid x grid`` block grid: ``(B, H or 1,
+    grid, grid)``, zero outside each utterance's own blocks; equal to :func:`make_layout` per utterance.
+
+    Written with tensor ops only (no value is read back to the host), so it runs inside a compiled graph and
+    costs no device sync. The head axis is 1 when every head shares the layout.
+    """
+    idx = torch.arange(grid, device=num_blocks.device)
+    rows, cols = idx[:, None], idx[None, :]
+    nb = num_blocks.to(torch.long).view(-1, 1, 1, 1)
+    inside = (rows < nb) & (cols < nb)
+    local = cfg.num_local_blocks
+    if cfg.pattern == "strided":
+        diff = rows - cols
+        return inside & ((diff.abs() < local) | (diff.remainder(local) == 0))
+    if cfg.pattern == "local":
+        return inside & ((rows - cols).abs() <= local // 2)
+    glob = cfg.num_global_blocks
+    heads = torch.arange(num_heads if cfg.different_layout_per_head else 1, device=num_blocks.device)
+    first = (local - (1 + heads % cfg.num_different_global_patterns) * glob).view(1, -1, 1, 1)
+    end = nb - nb % local  # blocks in full windows
+    # a short last window gets its own summary blocks at min(end + first, nb - glob), clipped at 0
+    last = torch.minimum(end + first, nb - glob).clamp(min=0)
+
+    def summary(i: Tensor) -> Tensor:
+        in_full_window = (i < end) & (i % local >= first) & (i % local < first + glob)
+        return in_full_window | ((end < nb) & (i >= last) & (i < last + glob))
+
+    allowed = (rows // local == cols // local) | summary(cols)
+    if cfg.horizontal_global_attention:
+        allowed = allowed | summary(rows)
+    return inside & allowed
+
+
 def batch_layouts(cfg: SparsityConfig, num_heads: int, lengths: Tensor, length: int) -> Tensor:
     """Per-utterance layouts ``(B, H, nb, nb)`` with ``nb = ceil(length / block)``, each built from the
-    utterance's own valid length and zero-padded to the batch grid."""
-    nb = math.ceil(length / cfg.block)
-    out = torch.zeros(len(lengths), num_heads, nb, nb, dtype=torch.bool)
-    for b, n in enumerate(lengths.tolist()):
-        nb_b = math.ceil(n / cfg.block)
-        out[b, :, :nb_b, :nb_b] = make_layout(cfg, num_heads, nb_b)
-    return out.to(lengths.device)
+    utterance's own valid length and zero-padded to the batch grid (no value read back from ``lengths``)."""
+    grid = _block_grid(cfg, num_heads, ceil_div(lengths, cfg.block), ceil_div(length, cfg.block))
+    return grid.expand(-1, num_heads, -1, -1)
 
 
 def token_mask(cfg: SparsityConfig, num_heads: int, lengths: Tensor, length: int) -> Tensor:
-    """Token-level mask ``(B, H, T, T)``: True where a valid query may attend to a valid key."""
-    layouts = batch_layouts(cfg, num_heads, lengths, length)
+    """Token-level mask ``(B, H or 1, T, T)``: True where a valid query may attend to a valid key (the head axis
+    is 1 when every head has the same layout)."""
+    layouts = _block_grid(cfg, num_heads, ceil_div(lengths, cfg.block), ceil_div(length, cfg.block))
     blk = torch.arange(length, device=lengths.device) // cfg.block
     mask = layouts[:, :, blk[:, None], blk[None, :]]
     valid = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]

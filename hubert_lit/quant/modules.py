@@ -129,6 +129,7 @@ class ActivationQuantizer(nn.Module):
                 with torch.no_grad():
                     self.alpha.copy_(self._statistic_alpha(shifted, nonzero))
                     self.initialized.fill_(True)
+                self._initialized_seen = True
             else:
                 alpha = self._statistic_alpha(shifted, nonzero)
         out = elastic_quantize(shifted, alpha, self.bits, self.signed)
@@ -170,16 +171,27 @@ class _QuantizedWeightMixin:
         self.per_channel = per_channel
         self.input_quant = input_quant if input_quant is not None else nn.Identity()
         self.register_buffer("weight_is_quantized", torch.tensor(False, device=self.weight.device))
+        self._frozen_seen: bool | None = None  # host-side cache of ``weight_is_quantized`` (no sync per call)
+
+    def weight_frozen(self) -> bool:
+        """Whether the stored weight is already its quantized value (read from the buffer once, then cached)."""
+        if self._frozen_seen is None:
+            self._frozen_seen = bool(self.weight_is_quantized)
+        return self._frozen_seen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._frozen_seen = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def quantized_weight(self) -> Tensor:
         """The weight used in the forward pass (straight-through gradient to the latent weight)."""
-        if bool(self.weight_is_quantized):
+        if self.weight_frozen():
             return self.weight
         return quantize_weight(self.weight, self.weight_bits, self.per_channel)
 
     def weight_codes(self) -> tuple[Tensor, Tensor]:
         """Integer codes (uint8, weight shape) and the step (per tensor or per output channel), for export."""
-        if bool(self.weight_is_quantized):
+        if self.weight_frozen():
             raise RuntimeError(
                 "weight is already frozen to its quantized value; codes come from the latent weight"
             )
@@ -192,6 +204,7 @@ class _QuantizedWeightMixin:
             dequantize_weight(codes, step, self.weight_bits, self.weight.dtype).view_as(self.weight)
         )
         self.weight_is_quantized.fill_(True)
+        self._frozen_seen = True
 
 
 class BinaryLinear(_QuantizedWeightMixin, nn.Linear):
