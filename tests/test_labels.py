@@ -362,24 +362,121 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_write_what_one_process_writes(corpus, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}  # fmt: skip
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
+def _slurm_port() -> tuple[int, int]:
+    """A free port that a SLURM job id maps to (:data:`SLURM_PORT_BASE` + job id mod span), and that job id."""
+    from hubert_lit.labels.distributed import SLURM_PORT_BASE, SLURM_PORT_SPAN
 
-    def launch(out: Path, rank: int | None) -> subprocess.Popen:
-        extra = {} if rank is None else {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        cmd = [sys.executable, "-m", "hubert_lit.labels.cli", "--shards", str(corpus), "--out", str(out)]
-        return subprocess.Popen([*cmd, *MFCC_ARGS], env={**env, **extra}, stderr=subprocess.PIPE, text=True)
+    for port in range(SLURM_PORT_BASE + 4321, SLURM_PORT_BASE + SLURM_PORT_SPAN):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port, 7_000_000 + port - SLURM_PORT_BASE
+    raise RuntimeError("no free port")
 
-    procs = [launch(tmp_path / "one", None), launch(tmp_path / "two", 0), launch(tmp_path / "two", 1)]
+
+def _launch_env(launcher: str) -> tuple[dict[str, str], callable]:
+    """The environment of two processes launched by torchrun (its variables) or by srun (SLURM's only)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for key in list(env):
+        if key.startswith("SLURM_") or key in (
+            "WORLD_SIZE",
+            "RANK",
+            "LOCAL_RANK",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+        ):
+            env.pop(key)
+    if launcher == "torchrun":
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+        return env, lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank)}
+    port, job = _slurm_port()
+    env.update(
+        SLURM_JOB_ID=str(job), SLURM_STEP_NUM_TASKS="2", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1"
+    )
+    return env, lambda rank: {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_two_processes_write_what_one_process_writes(corpus, mfcc_run, tmp_path, launcher):
+    env, rank_env = _launch_env(launcher)
+    cmd = [
+        sys.executable,
+        "-m",
+        "hubert_lit.labels.cli",
+        "--shards",
+        str(corpus),
+        "--out",
+        str(tmp_path / "two"),
+    ]
+    procs = [
+        subprocess.Popen([*cmd, *MFCC_ARGS], env={**env, **rank_env(r)}, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    one, two = _file_contents(tmp_path / "one"), _file_contents(tmp_path / "two")
+    one, two = _file_contents(mfcc_run), _file_contents(tmp_path / "two")
     assert sorted(one) == ["centroids.npy", "meta.json"] + [f"shard-00000{i}.labels.npz" for i in range(3)]
     assert one == two
+
+
+@pytest.mark.parametrize("phase", ["label_shards", "gather_fit_features"])
+def test_an_error_on_one_rank_ends_every_rank_with_its_message(corpus, tmp_path, phase):
+    """Rank 1 fails in pass 1 or pass 2; rank 0 must not wait for it until the (240-minute) timeout."""
+    import time
+
+    env, rank_env = _launch_env("torchrun")
+    script = (
+        "import os, sys\n"
+        "from hubert_lit.labels import cli, pipeline\n"
+        "def fail(*args, **kwargs):\n"
+        "    raise OSError('simulated read failure on rank ' + os.environ['RANK'])\n"
+        f"if os.environ['RANK'] == '1':\n    pipeline.{phase} = fail\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    cmd = [sys.executable, "-c", script, "--shards", str(corpus), "--out", str(tmp_path / "out"), *MFCC_ARGS]
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen(cmd, env={**env, **rank_env(r)}, stderr=subprocess.PIPE, text=True) for r in (0, 1)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert time.monotonic() - start < 60
+    for p, err in zip(procs, errors):
+        assert p.returncode == 1, err
+        assert "error: rank 1: simulated read failure on rank 1" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "meta.json").exists() or phase == "label_shards"
+
+
+def test_slurm_launch_variables():
+    from hubert_lit.labels.distributed import SLURM_PORT_BASE, first_host, launch_from_env
+
+    assert first_host("gpu[003-004,007],cpu1") == "gpu003"
+    assert first_host("node7") == "node7"
+    assert first_host("rack[1-2]-n[05-06],x") == "rack1-n05"
+    assert first_host("a[09],b[1-3]") == "a09"
+    with pytest.raises(ValueError, match="host list"):
+        first_host("gpu[001-")
+
+    step = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+            "SLURM_JOB_NODELIST": "gpu[010-011]"}  # fmt: skip
+    launch = launch_from_env(step)
+    assert (launch.world_size, launch.rank, launch.local_rank) == (4, 3, 1)
+    assert (launch.master_addr, launch.master_port, launch.launcher) == (
+        "gpu010",
+        SLURM_PORT_BASE + 3456,
+        "slurm",
+    )
+    assert launch_from_env({**step, "MASTER_PORT": "29400"}).master_port == 29400
+    # torchrun's variables win; a batch script run without srun (no step) is a single process
+    torchrun = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1234"}
+    assert launch_from_env({**step, **torchrun}).launcher == "torchrun"
+    assert launch_from_env({"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "SLURM_JOB_ID": "5"}) is None
+    with pytest.raises(ValueError, match="SLURM_PROCID"):
+        launch_from_env({**step, "SLURM_PROCID": "4"})
+    with pytest.raises(ValueError, match="MASTER_PORT nor SLURM_JOB_ID"):
+        launch_from_env({k: v for k, v in step.items() if k != "SLURM_JOB_ID"})
 
 
 def test_hubert_layer_labels_from_a_saved_model(corpus, tmp_path):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hubert_lit.constants import SAMPLE_RATE
+from hubert_lit.labels.distributed import RankFailure
 from hubert_lit.labels.features import DEFAULT_CONTEXT_SAMPLES, DEFAULT_MAX_CHUNK_SAMPLES
 from hubert_lit.labels.pipeline import FeatureOptions, KMeansOptions, LabelError, label_corpus
 
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RankFailure as err:  # a process of a torchrun / SLURM launch failed: every process ends with its message
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if err.kinds == {"LabelError"} else 1
     return 0
 
 

@@ -621,20 +621,16 @@ def _fit(
             f"{selection.candidates} selected utterances kept",
             flush=True,
         )
-    local = gather_fit_features(index, shards_of_rank(index, ctx), extractor, set(selection.ids), show)
+    local = ctx.run(
+        lambda: gather_fit_features(index, shards_of_rank(index, ctx), extractor, set(selection.ids), show)
+    )
     gathered = ctx.gather(local)
     del local
-    outcome: tuple[np.ndarray, dict[str, Any]] | LabelError | None = None
-    if ctx.is_main:
-        try:
-            outcome = fit_on_rank0(clusters, kmeans, gathered, selection, extractor.dim)
-        except LabelError as err:
-            outcome = err
-    del gathered
-    outcome = ctx.broadcast(outcome)
-    if isinstance(outcome, LabelError):
-        raise outcome
-    centroids, kmeans_info = outcome
+    outcome = ctx.run(
+        lambda: fit_on_rank0(clusters, kmeans, gathered, selection, extractor.dim) if ctx.is_main else None
+    )
+    gathered = None  # the fit sample: free it before the broadcast
+    centroids, kmeans_info = ctx.broadcast(outcome)
     if ctx.is_main:
         print(
             f"inertia {kmeans_info['inertia_per_frame']:.4f} per frame after "
@@ -682,15 +678,7 @@ def _run(
     else:
         requested["kmeans"] = {k: getattr(kmeans, k) for k in FIT_OPTION_KEYS}
 
-    start: _Start | LabelError | None = None
-    if ctx.is_main:
-        try:
-            start = _prepare(out_dir, resume, requested, index)
-        except LabelError as err:
-            start = err
-    start = ctx.broadcast(start)
-    if isinstance(start, LabelError):
-        raise start
+    start = ctx.broadcast(ctx.run(lambda: _prepare(out_dir, resume, requested, index) if ctx.is_main else None))
     if start.complete is not None:
         return start.complete
 
@@ -702,7 +690,8 @@ def _run(
             kmeans_info = dict(source[1]["kmeans"], centroids_from=centroids_from)
         else:
             centroids, kmeans_info = _fit(index, clusters, kmeans, ctx, extractor, show)
-        if ctx.is_main:
+
+        def record_fit() -> None:
             # Recorded before any label is written: what --resume checks and reuses after a kill.
             kmeans_info["centroids_sha256"] = _save_centroids(out_dir, centroids)
             save_label_meta(
@@ -718,16 +707,24 @@ def _run(
                     "source": source_record,
                 },
             )
-    ctx.barrier()
 
-    assigner = Assigner(centroids, gpu_device=ctx.local_rank)
+        ctx.run(lambda: record_fit() if ctx.is_main else None)
+
     todo = [s for s in index.shard_names if s not in start.done]
-    mine = label_shards(
-        index, todo[ctx.rank :: ctx.world_size], extractor, assigner, out_dir, label_dtype, show
+    mine = ctx.run(
+        lambda: label_shards(
+            index,
+            todo[ctx.rank :: ctx.world_size],
+            extractor,
+            Assigner(centroids, gpu_device=ctx.local_rank),
+            out_dir,
+            label_dtype,
+            show,
+        )
     )
     reports = ctx.gather(mine)
-    summary = None
-    if ctx.is_main:
+
+    def finish() -> LabelSummary:
         kept = [RankReport.from_record(r, clusters) for r in start.done.values()]
         merged = merge_reports([*reports, *kept], clusters)
         quality = quality_report(merged.counts)
@@ -773,11 +770,11 @@ def _run(
                 "no phone alignments in the shards: phone purity / cluster purity / PNMI not computed",
                 flush=True,
             )
-        summary = LabelSummary(
+        return LabelSummary(
             out_dir, clusters, label_rate, merged.utterances, merged.frames, len(merged.unreadable), quality
         )
-    summary = ctx.broadcast(summary)
-    return summary
+
+    return ctx.broadcast(ctx.run(lambda: finish() if ctx.is_main else None))
 
 
 def print_problems(title: str, problems: list[ReadError]) -> None:
@@ -865,7 +862,7 @@ def label_corpus(
     try:
         if torch_device.type == "cuda" and ctx.initialized and device is None:
             torch_device = torch.device("cuda", ctx.local_rank)
-        extractor = build_extractor(features, torch_device)
+        extractor = ctx.run(lambda: build_extractor(features, torch_device))
         if source is not None:
             check_same_features(extractor, source[1], source_dir)
         # --overwrite builds the new labels beside the old ones and swaps them in only when complete: a bad
@@ -885,10 +882,12 @@ def label_corpus(
             resume,
         )
         if swap:
-            if ctx.is_main:
+
+            def replace() -> None:
                 swap_folder(overwrite_folder(out_dir), out_dir)
                 print(f"replaced the labels in {out_dir}", flush=True)
-            ctx.barrier()
+
+            ctx.run(lambda: replace() if ctx.is_main else None)
             summary = dataclasses.replace(summary, out=out_dir)
         return summary
     finally:
