@@ -586,3 +586,40 @@ def test_case14_written_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     for name in ("a.json", "b.ckpt", "shard-000000.labels.npz"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def _damage_member(shards: Path, out: Path, which: int = 1) -> str:
+    """A copy of the shard folder whose ``which``-th FLAC member has its audio bytes zeroed (undecodable); returns
+    that utterance's id."""
+    import tarfile
+
+    shutil.copytree(shards, out)
+    tar_path = next(out.glob("*.tar"))
+    with tarfile.open(tar_path) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".flac")][which]
+    with open(tar_path, "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(b"\0" * member.size)
+    return member.name.removesuffix(".flac")
+
+
+def test_case14_unreadable_training_utterances_are_counted_and_summarised(tmp_path, tone_shards, caplog):
+    """A batch whose only utterance cannot be read still takes its step (B = 0: nothing trained), and the count
+    reaches the metrics and the epoch's summary."""
+    import csv
+
+    shards, labels = tone_shards
+    damaged = tmp_path / "shards"
+    utt = _damage_member(shards, damaged)
+    from hubert_lit.data.dataset import ShardDecodeWarning
+
+    # reported with its file and reason when it happens
+    with caplog.at_level("WARNING"), pytest.warns(ShardDecodeWarning, match=f"utterance '{utt}' .* left out"):
+        assert _fit((damaged, labels), tmp_path / "runs", "run", 4, "--trainer.log_every_n_steps=1") == 0
+    assert (
+        "epoch 0: 1 training utterance(s) could not be read and were left out (1 in this run" in caplog.text
+    )
+    rows = list(csv.DictReader(open(next((tmp_path / "runs" / "run" / "csv").rglob("metrics.csv")))))
+    counts = [float(r["data/skipped_utterances"]) for r in rows if r.get("data/skipped_utterances")]
+    assert len(counts) == 4 and counts[-1] == 1.0 and counts[0] <= counts[-1]
+    assert _step(tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt") == 4  # every step taken

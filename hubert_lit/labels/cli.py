@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RankFailure as err:  # a process of a torchrun / SLURM launch failed: every process ends with its message
+    except (
+        RankFailure
+    ) as err:  # a process of a torchrun / SLURM launch failed: every process ends with its message
         print(f"error: {err}", file=sys.stderr)
         return 2 if err.kinds == {"LabelError"} else 1
     return 0

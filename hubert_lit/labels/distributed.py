@@ -92,7 +92,9 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
             raise ValueError(f"WORLD_SIZE={world} but RANK is missing or out of range: {rank}")
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if not env.get(name):
-                raise ValueError(f"WORLD_SIZE={world} but {name} is not set (launch with torchrun or export it)")
+                raise ValueError(
+                    f"WORLD_SIZE={world} but {name} is not set (launch with torchrun or export it)"
+                )
         return Launch(
             world,
             rank,
@@ -112,7 +114,9 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     addr = env.get("MASTER_ADDR") or (first_host(nodelist) if nodelist else "")
     if not addr:
-        raise ValueError("a SLURM step of several tasks but no SLURM_JOB_NODELIST or MASTER_ADDR to find rank 0 by")
+        raise ValueError(
+            "a SLURM step of several tasks but no SLURM_JOB_NODELIST or MASTER_ADDR to find rank 0 by"
+        )
     if env.get("MASTER_PORT"):
         port = _env_int(env, "MASTER_PORT", default=0)
     else:

@@ -678,7 +678,9 @@ def _run(
     else:
         requested["kmeans"] = {k: getattr(kmeans, k) for k in FIT_OPTION_KEYS}
 
-    start = ctx.broadcast(ctx.run(lambda: _prepare(out_dir, resume, requested, index) if ctx.is_main else None))
+    start = ctx.broadcast(
+        ctx.run(lambda: _prepare(out_dir, resume, requested, index) if ctx.is_main else None)
+    )
     if start.complete is not None:
         return start.complete
 

@@ -46,6 +46,9 @@ warnings.filterwarnings(
     message="You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a",
 )
 
+SKIPPED_COUNT = "skipped_count"
+"""Batch key added on the host before the transfer: the batch's ``skipped`` utterances as a tensor (it travels
+to the device with the batch, so counting it costs no copy of its own)."""
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES = get_args(CompileMode)
 FULL_LENGTH = "full_length"
@@ -79,6 +82,8 @@ class HubertLightningModule(pl.LightningModule):
         self._consecutive_nonfinite = 0
         self._skipped_steps = 0
         self._step_samples: Tensor | float = 0.0
+        self._skipped_utterances: Tensor | int = 0  # training utterances left out unread, all ranks, this run
+        self._skipped_at_epoch_start = 0
         self._last_batch_end: float | None = None
         self._compile = bool(compile)
         self._compile_mode = compile_mode
@@ -107,9 +112,37 @@ class HubertLightningModule(pl.LightningModule):
         every row fills it (``FULL_LENGTH``)."""
         if isinstance(batch, dict) and "waveforms" in batch and "lengths" in batch:
             waves, lengths = batch["waveforms"], batch["lengths"]
-            self.model.check_inputs(waves, lengths, batch.get("labels"))
+            if waves.shape[0] > 0:
+                self.model.check_inputs(waves, lengths, batch.get("labels"))
             batch = {**batch, FULL_LENGTH: bool((lengths == waves.shape[1]).all())}
+            batch[SKIPPED_COUNT] = torch.tensor(float(batch.get("skipped", 0)))
         return batch
+
+    @staticmethod
+    def is_empty(batch: dict[str, Any]) -> bool:
+        """A batch without rows: every utterance planned for it was unreadable (the loader still delivers it, so
+        that every rank takes the same steps). It trains nothing but takes part in the step's collectives."""
+        return batch["waveforms"].shape[0] == 0
+
+    def zero_loss(self) -> Tensor:
+        """A loss of 0 that reaches every trainable parameter: the step of an empty batch, whose zero gradients
+        DDP reduces with the other ranks' as on any step."""
+        zero = torch.zeros((), device=self.device)
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
+
+    def skipped_in_batch(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's unreadable utterances (a tensor on the batch's device)."""
+        count = batch.get(SKIPPED_COUNT)
+        if count is None:
+            count = torch.tensor(float(batch.get("skipped", 0)), device=self.device)
+        return count
+
+    def record_skipped(self, step_total: Tensor) -> None:
+        """Add the step's unreadable training utterances (summed over ranks) to ``data/skipped_utterances``, the
+        run's running count; each epoch's share is summarised when the epoch ends."""
+        self._skipped_utterances = self._skipped_utterances + step_total.detach()
+        total = self._skipped_utterances
+        self.log("data/skipped_utterances", total.float(), on_step=True, on_epoch=False)
 
     def model_lengths(self, batch: dict[str, Any]) -> Tensor | None:
         """The ``lengths`` to give the model, which then needs no validation (``validate=False``): None when the
@@ -192,6 +225,19 @@ class HubertLightningModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._last_batch_end = None
+        self._skipped_at_epoch_start = int(self._skipped_utterances)
+
+    def on_train_epoch_end(self) -> None:
+        total = int(self._skipped_utterances)  # one read per epoch
+        left_out = total - self._skipped_at_epoch_start
+        if left_out and self.trainer.is_global_zero:
+            log.warning(
+                "epoch %d: %d training utterance(s) could not be read and were left out (%d in this run; each "
+                "was reported with its file and reason when it happened)",
+                self.current_epoch,
+                left_out,
+                total,
+            )
 
     def on_validation_start(self) -> None:
         self._last_batch_end = None
@@ -202,6 +248,8 @@ class HubertLightningModule(pl.LightningModule):
         layer = self.predict_layer
         if layer is not None and not 0 <= layer <= self.model.num_layers:
             raise ValueError(f"predict_layer must be in [0, {self.model.num_layers}], got {layer}")
+        if self.is_empty(batch):
+            return {"ids": [], "shards": [], "features": []}
         states, frame_lengths = self.model.extract_features(
             batch["waveforms"], self.model_lengths(batch), layer=layer, validate=False
         )
@@ -253,6 +301,7 @@ class HubertLightningModule(pl.LightningModule):
         counters = {
             "skipped_steps": self._skipped_steps,
             "consecutive_nonfinite": self._consecutive_nonfinite,
+            "skipped_utterances": int(self._skipped_utterances),
         }
         checkpoint.update(module_entries(self.model, counters))
 
@@ -260,3 +309,4 @@ class HubertLightningModule(pl.LightningModule):
         counters = module_counters(checkpoint)
         self._skipped_steps = counters.get("skipped_steps", 0)
         self._consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
+        self._skipped_utterances = counters.get("skipped_utterances", 0)

@@ -52,6 +52,7 @@ from hubert_lit.lit.losses import (
     hidden_state_mse,
     prediction_terms,
     ratio,
+    reduce_sums,
     soft_cross_entropy,
 )
 from hubert_lit.models import HubertModel, HubertOutput
@@ -305,6 +306,13 @@ class BiTDistillModule(HubertLightningModule):
 
     # ------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        totals = reduce_sums(
+            {"samples": batch["lengths"].sum(), "skipped": self.skipped_in_batch(batch)}, self.all_reduce()
+        )
+        self.record_step_audio(totals["samples"])
+        self.record_skipped(totals["skipped"])
+        if self.is_empty(batch):  # every planned utterance was unreadable: nothing to distil this step
+            return self.zero_loss()
         self._pos_counts = {}
         step = self._forward_pair(batch)
         s_terms, t_terms = step.student_terms, step.teacher_terms
@@ -324,11 +332,12 @@ class BiTDistillModule(HubertLightningModule):
             metrics[f"quant/{key}"] = total[0] / total[1].clamp(min=1.0)
         self._pos_counts = {}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.record_step_audio(batch["lengths"].sum() * self.trainer.world_size)
         return step.loss
 
     # ------------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.is_empty(batch):
+            return
         step = self._forward_pair(batch)
         s_terms, t_terms = step.student_terms, step.teacher_terms
         zero = torch.zeros((), device=self.device)

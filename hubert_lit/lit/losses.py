@@ -83,6 +83,12 @@ class PredictionTerms:
     unmasked_correct: Tensor
     feature_penalty: Tensor  # mean over the batch's valid frames
 
+    @classmethod
+    def zeros(cls, device: torch.device | str) -> PredictionTerms:
+        """The terms of a batch without rows (every planned utterance was unreadable): all zero."""
+        zero = torch.zeros((), device=device)
+        return cls(zero, zero.long(), zero.long(), zero, zero.long(), zero.long(), zero)
+
     def sums(self) -> dict[str, Tensor]:
         """The terms as named sums (``batches`` counts the feature-penalty means)."""
         out = {k: v for k, v in vars(self).items() if k != "feature_penalty"}

@@ -99,17 +99,34 @@ class HubertPretrainModule(HubertLightningModule):
         return prediction_terms(out)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        terms = self.compiled("train", self._terms)(
-            batch["waveforms"], self.model_lengths(batch), batch["labels"], self.layer_keep()
-        )
+        empty = self.is_empty(batch)
+        if empty:  # every planned utterance was unreadable: nothing to train, the collectives still run
+            terms = PredictionTerms.zeros(self.device)
+        else:
+            terms = self.compiled("train", self._terms)(
+                batch["waveforms"], self.model_lengths(batch), batch["labels"], self.layer_keep()
+            )
         totals = reduce_sums(
             {
                 "masked_frames": terms.masked_frames,
                 "unmasked_frames": terms.unmasked_frames,
                 "samples": batch["lengths"].sum(),
+                "skipped": self.skipped_in_batch(batch),
             },
             self.all_reduce(),
         )
+        self.record_step_audio(totals["samples"])
+        self.record_skipped(totals["skipped"])
+        batch_size = batch["waveforms"].shape[0]
+        self.log(
+            "train/masked_frames",
+            totals["masked_frames"].float(),
+            on_step=True,
+            on_epoch=False,
+            batch_size=max(batch_size, 1),
+        )
+        if empty:
+            return self.zero_loss()
         # Normalised by the frame counts of all ranks / world size: DDP's gradient mean then gives sum / count.
         world = self.trainer.world_size
         loss = hubert_objective(
@@ -120,8 +137,6 @@ class HubertPretrainModule(HubertLightningModule):
             totals["masked_frames"].clamp(min=1) / world,
             totals["unmasked_frames"].clamp(min=1) / world,
         )
-        self.record_step_audio(totals["samples"])
-        batch_size = batch["waveforms"].shape[0]
         self.log_dict(
             {
                 "train/loss": batch_objective(self.config, terms).detach(),
@@ -135,13 +150,6 @@ class HubertPretrainModule(HubertLightningModule):
             on_step=True,
             on_epoch=False,
             prog_bar=False,
-            batch_size=batch_size,
-        )
-        self.log(
-            "train/masked_frames",
-            totals["masked_frames"].float(),
-            on_step=True,
-            on_epoch=False,
             batch_size=batch_size,
         )
         return loss
@@ -160,6 +168,8 @@ class HubertPretrainModule(HubertLightningModule):
         self._log_eval("test")
 
     def _accumulate_eval(self, batch: dict[str, Any]) -> None:
+        if self.is_empty(batch):
+            return
         self._eval_sums.add(
             self._terms(batch["waveforms"], self.model_lengths(batch), batch["labels"], None).sums()
         )
