@@ -573,12 +573,17 @@ def test_label_killed_mid_run_and_resumed_writes_the_uninterrupted_files(corpus,
     with pytest.raises(ValueError, match="has not finished.*--resume"):
         load_label_meta(killed)  # what the DataModule reads: an unfinished folder is refused
 
+    # what a kill in the middle of writing shard 2's labels leaves beside them
+    stale = killed / ".shard-000002.labels.npz.k1ll3d.tmp"
+    stale.write_bytes(b"PK half an archive")
+
     assert label_tool.main(["--shards", shards, "--out", str(reference), *MFCC_ARGS]) == 0
     resumed = subprocess.run(
         [*cmd, "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "2 of 3 shards already labelled" in resumed.stdout and "fitting k-means" not in resumed.stdout
+    assert f"removed {stale}, left by an interrupted write" in resumed.stdout and not stale.exists()
     assert _file_contents(killed) == _file_contents(reference)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hubert_lit.atomic import atomic_write, recover_folder_swap, swap_folder
+from hubert_lit.atomic import atomic_write, recover_folder_swap, swap_folder, temp_files
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.data.fetch import FetchError
 from hubert_lit.data.fingerprint import index_digest
@@ -71,6 +71,7 @@ from hubert_lit.labels.resume import (
     PROGRESS_DIR,
     check_fit_record,
     clear_progress,
+    progress_path,
     read_done_shards,
     write_progress,
 )
@@ -549,8 +550,20 @@ def _clear(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _remove_stale_temp_files(out_dir: Path, index: ShardIndex) -> None:
+    """Temporary files that writes of a killed run left beside this run's outputs."""
+    outputs = [out_dir / META_FILE, out_dir / CENTROIDS_FILE]
+    for shard in index.shard_names:
+        outputs += [labels_path(out_dir, shard), progress_path(out_dir, shard)]
+    for path in outputs:
+        for stale in temp_files(path):
+            stale.unlink()
+            print(f"removed {stale}, left by an interrupted write", flush=True)
+
+
 def _prepare(out_dir: Path, resume: bool, requested: dict[str, Any], index: ShardIndex) -> _Start:
     """Rank 0: empty ``out_dir`` for a fresh run, or find what an earlier run of the same fit left there."""
+    _remove_stale_temp_files(out_dir, index)
     if not resume:
         _clear(out_dir)
         return _Start()
