@@ -8,6 +8,7 @@ written in the label-folder format (contract 3) with the suite's own writer.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,13 @@ def cpu_fit_args(
         "--run.loggers=[csv]",
         *extra,
     ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a test's process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------- test callbacks

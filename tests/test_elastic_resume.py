@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -164,17 +163,11 @@ def test_a_state_of_another_batch_plan_is_refused(shards):
         make_loader(shards).load_state_dict({"format": "something/9", "epoch": 0})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_save_and_one_process_resumes(tmp_path):
     """A real DDP run (2 gloo processes) checkpoints mid-epoch; one process resumes it and trains the global
     batches the two would have trained next, then the next epoch."""
-    from _fixtures import cpu_fit_args, make_tone_dataset
+    from _fixtures import cpu_fit_args, free_port, make_tone_dataset
 
     shards, labels = make_tone_dataset(tmp_path / "data", speakers=2, utterances=8, shard_size=4, seed=0)
     record = tmp_path / "record"
@@ -185,7 +178,7 @@ def test_two_gloo_processes_save_and_one_process_resumes(tmp_path):
         "--config", str(ROOT / "configs/trainer/ddp_cpu_2node.yaml"), *model,
         "--checkpoint.every_n_train_steps=3", callback,
     ]  # fmt: skip
-    port = _free_port()
+    port = free_port()
     procs = []
     for node in (0, 1):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),

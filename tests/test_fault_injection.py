@@ -23,7 +23,13 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from _fixtures import cpu_fit_args, make_tone_dataset  # noqa: E402
-from test_labels import MFCC_ARGS, REPO, _file_contents, write_tiny_shards  # noqa: E402
+from test_labels import (  # noqa: E402
+    MFCC_ARGS,
+    _file_contents,
+    held_back_shards,
+    single_process_env,
+    write_tiny_shards,
+)
 
 from hubert_lit.labels import cli as label_cli  # noqa: E402
 
@@ -245,13 +251,7 @@ def test_case02_label_overwrite_replaces_by_swap(corpus, mfcc_run, tmp_path, cap
 
     # killed in pass 2 of the overwrite: the old labels are untouched
     partial, block = tmp_path / ".labels.overwrite", tmp_path / "BLOCK"
-    shards = (
-        f"pipe:sh -c 'if [ {{name}} = shard-000002.tar ]; then while [ -e {block} ] && [ -e {partial}/centroids.npy ]; "
-        f"do sleep 0.05; done; fi; exec cat {corpus}/{{name}}'"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
+    shards, env = held_back_shards(corpus, block, partial), single_process_env()
     block.touch()
     cmd = [sys.executable, "-m", "hubert_lit.labels.cli", "--shards", shards, "--out", str(out), *MFCC_ARGS]
     proc = subprocess.Popen(

@@ -356,12 +356,6 @@ def test_unreadable_member_is_reported_not_fatal(tmp_path, capsys):
     assert list(load_shard_labels(out, "shard-000000")) == ["7-10-0000", "7-10-0002"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _slurm_port() -> tuple[int, int]:
     """A free port that a SLURM job id maps to (:data:`SLURM_PORT_BASE` + job id mod span), and that job id."""
     from hubert_lit.labels.distributed import SLURM_PORT_BASE, SLURM_PORT_SPAN
@@ -378,6 +372,8 @@ def _slurm_port() -> tuple[int, int]:
 
 def _launch_env(launcher: str) -> tuple[dict[str, str], callable]:
     """The environment of two processes launched by torchrun (its variables) or by srun (SLURM's only)."""
+    from _fixtures import free_port
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for key in list(env):
         if key.startswith("SLURM_") or key in (
@@ -389,7 +385,7 @@ def _launch_env(launcher: str) -> tuple[dict[str, str], callable]:
         ):
             env.pop(key)
     if launcher == "torchrun":
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
         return env, lambda rank: {"RANK": str(rank), "LOCAL_RANK": str(rank)}
     port, job = _slurm_port()
     env.update(
@@ -539,20 +535,31 @@ def test_labels_of_shards_served_over_http_are_the_local_labels(corpus, mfcc_run
     assert {k: v for k, v in meta.items() if k != "source"} == {k: v for k, v in ref.items() if k != "source"}
 
 
+def held_back_shards(corpus: Path, block: Path, out: Path) -> str:
+    """A ``pipe:`` location of ``corpus`` that holds shard-000002.tar back while ``block`` exists and ``out`` has its
+    centroids (pass 2 of a labelling run writing ``out``), so that the run can be killed there."""
+    return (
+        f"pipe:sh -c 'if [ {{name}} = shard-000002.tar ]; then while [ -e {block} ] && [ -e {out}/centroids.npy ]; "
+        f"do sleep 0.05; done; fi; exec cat {corpus}/{{name}}'"
+    )
+
+
+def single_process_env() -> dict[str, str]:
+    """The environment of a labelling subprocess that runs alone (no launcher variables inherited)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    return env
+
+
 def test_label_killed_mid_run_and_resumed_writes_the_uninterrupted_files(corpus, tmp_path):
     """A real SIGKILL while pass 2 waits on the last shard, then ``--resume``: byte-identical files, no new fit."""
     import signal
     import time
 
     killed, reference, block = tmp_path / "killed", tmp_path / "reference", tmp_path / "BLOCK"
-    # shard-000002.tar is held back while BLOCK exists and the fit is done (pass 2); the same command for both runs
-    shards = (
-        f"pipe:sh -c 'if [ {{name}} = shard-000002.tar ]; then while [ -e {block} ] && [ -e {killed}/centroids.npy ]; "
-        f"do sleep 0.05; done; fi; exec cat {corpus}/{{name}}'"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
+    shards = held_back_shards(corpus, block, killed)  # the same command for both runs
+    env = single_process_env()
     cmd = [sys.executable, "-m", "hubert_lit.labels.cli", "--shards", shards, *MFCC_ARGS]
     block.touch()
     proc = subprocess.Popen(

@@ -697,6 +697,14 @@ def _run(
     if start.complete is not None:
         return start.complete
 
+    record = {  # what meta.json says of the folder, before and after the labels are written
+        "format": LABELS_FORMAT,
+        "label_rate": label_rate,
+        "num_classes": clusters,
+        "label_dtype": label_dtype.name,
+        "features": extractor.description(),
+        "source": source_record,
+    }
     if start.centroids is not None:
         centroids, kmeans_info = start.centroids, start.kmeans_info
     else:
@@ -709,19 +717,7 @@ def _run(
         def record_fit() -> None:
             # Recorded before any label is written: what --resume checks and reuses after a kill.
             kmeans_info["centroids_sha256"] = _save_centroids(out_dir, centroids)
-            save_label_meta(
-                out_dir,
-                {
-                    "format": LABELS_FORMAT,
-                    "status": INCOMPLETE,
-                    "label_rate": label_rate,
-                    "num_classes": clusters,
-                    "label_dtype": label_dtype.name,
-                    "features": extractor.description(),
-                    "kmeans": kmeans_info,
-                    "source": source_record,
-                },
-            )
+            save_label_meta(out_dir, {**record, "status": INCOMPLETE, "kmeans": kmeans_info})
 
         ctx.run(lambda: record_fit() if ctx.is_main else None)
 
@@ -744,13 +740,8 @@ def _run(
         merged = merge_reports([*reports, *kept], clusters)
         quality = quality_report(merged.counts)
         meta = {
-            "format": LABELS_FORMAT,
-            "label_rate": label_rate,
-            "num_classes": clusters,
-            "label_dtype": label_dtype.name,
-            "features": extractor.description(),
+            **record,
             "kmeans": kmeans_info,
-            "source": source_record,
             "labelled": {
                 "utterances": merged.utterances,
                 "frames": merged.frames,
