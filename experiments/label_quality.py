@@ -27,6 +27,14 @@ from hubert_lit.labels import cli as label_tool  # noqa: E402
 METRICS = (("pnmi", "PNMI"), ("phone_purity", "phone purity"), ("cluster_purity", "cluster purity"))
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (results name no machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def run_label(argv: list[str], out: Path, overwrite: bool) -> Path:
     """Run the label tool into ``out`` unless it already holds labels (and --overwrite is not given)."""
     if (out / "meta.json").is_file() and not overwrite:
@@ -49,7 +57,7 @@ def row_of(label_dir: Path, split: str) -> dict:
     quality = meta.get("quality")
     if quality is None:
         raise SystemExit(f"{label_dir}/meta.json has no quality record (the shards have no phone alignments)")
-    return {"labels": describe(meta), "split": split, "dir": str(label_dir), "shards": meta["source"]["shards"],
+    return {"labels": describe(meta), "split": split, "dir": _shown(str(label_dir)), "shards": _shown(meta["source"]["shards"]),
             "utterances": meta["labelled"]["utterances"], "hours": meta["labelled"]["audio_hours"],
             "label_rate": meta["label_rate"],
             "inertia": meta["kmeans"]["inertia_per_frame"], "frames": quality["aligned_frames"],
