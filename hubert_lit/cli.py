@@ -37,6 +37,7 @@ message naming the key.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -683,16 +684,8 @@ def lightning_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sweep_main(argv: list[str] | None = None) -> int:
-    """``python -m hubert_lit sweep FILE``: print and validate the commands a W&B agent would run for the sweep
-    file (:mod:`hubert_lit.sweeps`); exit status 2 when the file or any command is rejected."""
-    import argparse
-    import contextlib
-    import io
-    import shlex
-
-    from hubert_lit.sweeps import SweepError, dry_run
-
+def build_sweep_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m hubert_lit sweep``."""
     parser = argparse.ArgumentParser(
         prog="python -m hubert_lit sweep",
         description="Offline dry run of a W&B sweep file: check it, expand its points (grid: all; random/Bayes: "
@@ -705,7 +698,19 @@ def sweep_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     parser.add_argument("--no-validate", action="store_true", help="only print the commands")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """``python -m hubert_lit sweep FILE``: print and validate the commands a W&B agent would run for the sweep
+    file (:mod:`hubert_lit.sweeps`); exit status 2 when the file or any command is rejected."""
+    import contextlib
+    import io
+    import shlex
+
+    from hubert_lit.sweeps import SweepError, dry_run
+
+    args = build_sweep_parser().parse_args(argv)
 
     def validate(suite_args: list[str]) -> int:
         with contextlib.redirect_stdout(io.StringIO()):

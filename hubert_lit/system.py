@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 
@@ -61,18 +62,22 @@ def environment_report() -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hubert_lit info``: print :func:`environment_report`."""
-    import argparse
-    import json
-
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m hubert_lit info``."""
     parser = argparse.ArgumentParser(
         prog="python -m hubert_lit info",
         description="Versions and devices hubert-lit sees: torch and CUDA, GPUs, CPUs, the FAISS build (faiss-cpu or "
         "faiss-gpu) and whether it uses GPUs for k-means.",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hubert_lit info``: print :func:`environment_report`."""
+    import json
+
+    args = build_parser().parse_args(argv)
     report = environment_report()
     if args.json:
         print(json.dumps(report, indent=1))

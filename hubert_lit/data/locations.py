@@ -2,13 +2,13 @@
 
 A location is given as a string (``data.train_shards``, ``data.train_labels``, ``label --shards``):
 
-* a local folder: ``data/shards/train`` or ``file:///data/shards/train``;
+* a local folder: ``data/librispeech/shards/train-960`` or ``file:///scratch/librispeech/shards/train-960``;
 * an ``http://`` or ``https://`` URL of a folder served by a web server (``<url>/index.json``, ``<url>/shard-000000.tar``,
   ...), read with :func:`hubert_lit.data.fetch.open_http` (resumed with range requests when a connection drops);
-* an fsspec URL such as ``s3://bucket/shards/train`` or ``gs://bucket/shards/train``; the object-store
+* an fsspec URL such as ``s3://bucket/librispeech/shards/train-960`` or ``gs://...``; the object-store
   backends are optional extras (``pip install 'hubert-lit[s3]'`` / ``'hubert-lit[gcs]'``);
 * webdataset's ``pipe:`` convention with a ``{name}`` template, for example
-  ``pipe:aws s3 cp s3://bucket/shards/train/{name} -``: ``{name}`` is replaced by each file name (``index.json``,
+  ``pipe:aws s3 cp s3://bucket/librispeech/shards/train-960/{name} -``: ``{name}`` is replaced by each file name (``index.json``,
   ``shard-000000.tar``, ...) and the command's standard output is read.
 
 Only the file names of a shard or labels folder can be opened (:func:`check_file_name`): names read from a remote
