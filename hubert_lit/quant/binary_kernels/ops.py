@@ -47,6 +47,12 @@ def use_fallback():
         _force_fallback = previous
 
 
+def kernels_in_use() -> bool:
+    """True when calls made now run the compiled kernels: the extension is available (building it on first call)
+    and no :func:`use_fallback` block is active."""
+    return not _force_fallback and extension.kernels_available()
+
+
 def _ops():
     if not _force_fallback and extension.kernels_available():
         return torch.ops.hubert_lit_bits
