@@ -157,9 +157,11 @@ def _check_layer_site(site: str, layer: nn.Module, packed: nn.Module, x: Tensor)
     assert ((got - exact).abs() <= 4 * FP32_UNIT * (truth.abs() * scale + bias.abs())).all(), site
 
 
-def _check_attention_site(site: str, layer: nn.Module, packed: nn.Module, x: Tensor, probs: Tensor) -> None:
+def _check_attention_site(site: str, layer: nn.Module, packed: nn.Module, args: tuple, probs: Tensor) -> None:
     """q k^T (XNOR) and P V (AND) of the packed attention, on the simulated module's own projections and
-    probabilities, equal the float64 products of the simulated hooks' levels."""
+    probabilities, equal the float64 products of the simulated hooks' levels; the fused softmax-binarizer decides
+    as the simulated probability hook does, up to ties within float32 rounding."""
+    x, mask = args[0], args[1]
     batch, length, _ = x.shape
 
     def per_head(t: Tensor) -> Tensor:
@@ -172,9 +174,16 @@ def _check_attention_site(site: str, layer: nn.Module, packed: nn.Module, x: Ten
     assert torch.equal(dots.double(), scores), f"{site} q k^T"
     on = _levels(layer.prob_hook, probs)
     assert 0.05 < float(on.mean()) < 0.95, f"{site}: probability bits are nearly constant"
+    on_bits = bk.pack_unsigned(
+        probs, packed.prob_alpha
+    )  # the hook's decisions on the simulated probabilities
+    assert torch.equal(bk.unpack(on_bits), on > 0), site
     context = on @ per_head(_levels(layer.v_hook, v))
-    dots = bk.and_bmm(*packed.pack_context(probs, per_head(v)), None)
+    dots = bk.and_bmm(on_bits, packed.pack_values(per_head(v)), None)
     assert torch.equal(dots.double(), context), f"{site} P V"
+    # the runtime's probability bits come from the scores; log p has the same softmax (padded keys: the mask)
+    fused = bk.unpack(packed.pack_probabilities(probs.log(), mask))
+    assert int((fused != (on > 0)).sum()) <= MAX_FLIP_FRACTION * on.numel(), f"{site} softmax bits"
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -202,7 +211,7 @@ def test_every_binary_gemm_equals_the_simulated_gemm_in_float64(models, name):
         if site in layers:
             _check_layer_site(site, modules[site], packed[site], args[0])
         else:
-            _check_attention_site(site, modules[site], packed[site], args[0], probs[site].pop(0))
+            _check_attention_site(site, modules[site], packed[site], args, probs[site].pop(0))
     assert seen == set(layers) | set(attentions)
 
 

@@ -9,8 +9,9 @@ the module's explicit path computes in eval mode:
   splits into the binary ``q k^T`` and ``u k^T`` (one value per key and head); the position term stays a
   float32 matmul of the binarized queries with ``p = pos_hook(linear_pos(pos_emb))``, full precision under the
   default spec (binarized by the legacy ``binarize_relative_positions``, then through the simulated hook);
-* mask (added as ``0 / -inf``), float32 softmax, then ``P V``: AND-popcount of the packed probabilities
-  ``{0, a_p}`` and values, written straight into the ``(B, T, H, d)`` layout ``out_proj`` reads.
+* masked softmax and the probability binarizer in one pass over the scores (``pack_softmax``: the bits, no
+  probability tensor), then ``P V``: AND-popcount of the packed probabilities ``{0, a_p}`` and values, written
+  straight into the ``(B, T, H, d)`` layout ``out_proj`` reads.
 """
 
 from __future__ import annotations
@@ -92,21 +93,23 @@ class PackedAttention(InferenceOnly):
         scores = bk.xnor_bmm(*self.pack_scores(per_head(q), per_head(k)), self.score_scale)
         if self.relative_positions:
             scores += self._relative_terms(q, k, pos_emb, per_head)
-        if not mask.unmasked:
-            scores += mask.additive(scores.dtype)
-        probs = scores.softmax(dim=-1)
         context = torch.empty(batch, length, heads, head_dim)
-        bk.and_bmm(*self.pack_context(probs, per_head(v)), self.context_scale, out=context.transpose(1, 2))
+        operands = self.pack_probabilities(scores, mask), self.pack_values(per_head(v))
+        bk.and_bmm(*operands, self.context_scale, out=context.transpose(1, 2))
         return self.out_proj(context.view(batch, length, self.embed_dim))
 
     def pack_scores(self, q: Tensor, k: Tensor) -> tuple[bk.BitRows, bk.BitPanels]:
         """The operands of ``q k^T`` from the ``(B, H, T, d)`` projections: the q and k hooks' signs, packed."""
         return bk.pack_signed(q, self.q_shift), bk.pack_signed_panels(k, self.k_shift)
 
-    def pack_context(self, probs: Tensor, v: Tensor) -> tuple[bk.BitRows, bk.BitPanels]:
-        """The operands of ``P V``: the probability hook's ``{0, 1}`` levels of ``(B, H, T, T)`` probabilities and
-        the v hook's signs of the ``(B, H, T, d)`` values, packed."""
-        return bk.pack_unsigned(probs, self.prob_alpha), bk.pack_signed_columns(v, self.v_shift)
+    def pack_probabilities(self, scores: Tensor, mask: AttentionMask) -> bk.BitRows:
+        """The probability hook's ``{0, 1}`` levels of ``softmax(scores)`` over the keys the mask allows, packed
+        straight from the ``(B, H, T, T)`` scores (:func:`~hubert_lit.quant.binary_kernels.pack_softmax`)."""
+        return bk.pack_softmax(scores, self.prob_alpha, None if mask.unmasked else mask.dense())
+
+    def pack_values(self, v: Tensor) -> bk.BitPanels:
+        """The right operand of ``P V``: the v hook's signs of the ``(B, H, T, d)`` values, packed by columns."""
+        return bk.pack_signed_columns(v, self.v_shift)
 
     def _relative_terms(self, q: Tensor, k: Tensor, pos_emb: Tensor | None, per_head) -> Tensor:
         """``(u k^T + rel_shift((q + v) p^T)) / sqrt(d)`` in float32 from the binarized q and k, ``(B, H, T, T)``
