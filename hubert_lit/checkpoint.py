@@ -17,8 +17,8 @@ content:
   value the quantized layer computes, so a reloaded model's outputs equal the checkpoint's exactly. The latent
   full-precision weights are not stored: a packed file is for inference, not for further distillation.
 
-  Two export options change the content, not the format name (files written without them are exactly as
-  before, and every version reads both): ``"full_precision_bits": 16`` marks a file whose ``state_dict``
+  Two export options change the content, not the format name (files written without them hold the same entries
+  as before, and the loader reads both): ``"full_precision_bits": 16`` marks a file whose ``state_dict``
   floats are float16 (``export --full-precision-bits 16``: the front end, norms, biases, activation scales and
   shifts at 16 bits, Table 1's "16-bit + 1-bit" storage; ``step`` stays float32); the loader upcasts them to
   float32, so the model computes with the 16-bit values exactly. ``export --drop-head`` leaves out the
@@ -30,6 +30,10 @@ content:
   counters), :data:`RNG_KEY` (every rank's random states) and :data:`DATA_KEY` (the fingerprint of the training
   data and epoch plan, :mod:`hubert_lit.data.fingerprint`); the model's weights are
   ``state_dict["model.*"]``, and a distillation checkpoint leaves the frozen teacher's ``teacher.*`` out.
+
+``load_model(path, runtime="binary")`` loads any of them holding a binarized W1A1 model and converts it to the
+binary runtime (:mod:`hubert_lit.quant.runtime`: bit-packed weights, popcount kernels, inference only); a model in
+that runtime cannot be saved (save the simulated one).
 
 Files written by earlier versions use the same formats and load unchanged (``tests/test_checkpoint.py`` loads
 and resumes files written by hubert-lit 0.1.0).

@@ -53,7 +53,7 @@ def _batch() -> tuple[Tensor, Tensor]:
     return torch.randn(len(SAMPLES), max(SAMPLES), generator=gen), torch.tensor(SAMPLES)
 
 
-def _trained_like(name: str) -> nn.Module:
+def _trained_like(name: str, spec: QuantSpec | None = None) -> nn.Module:
     """A binarized tiny model with what training gives a real one: non-zero biases and shifts (with zeros, an exact
     tie ``x + shift == 0`` is common, and the float32 simulation breaks it by rounding noise where the kernels
     compute an exact 0), data-initialised scales, and probability scales at which about half of the probabilities
@@ -61,7 +61,7 @@ def _trained_like(name: str) -> nn.Module:
     The threshold ``a / 2`` is put 1 % above the median, not on it: a probability exactly at the threshold is a
     tie that float32 rounding of the scores decides either way."""
     torch.manual_seed(0)
-    model = binarize(build_hubert(name, num_classes=0, **{"encoder.layerdrop": 0.0}))
+    model = binarize(build_hubert(name, num_classes=0, **{"encoder.layerdrop": 0.0}), spec)
     with torch.no_grad():
         for _, layer in quantized_layers(model):
             if layer.bias is not None:
@@ -267,6 +267,20 @@ def test_runtime_features_match_the_simulated_features(models):
     for name, (simulated, runtime) in models.items():
         for want, got in zip(_features(simulated), _features(runtime), strict=True):
             assert (got - want).abs().max() <= BLOCK_TOLERANCE * want.abs().max(), name
+
+
+def test_a_spec_of_version_010_runs_too(binary_kernels):
+    """0.1.0's switches: per-channel pointwise scales, binarized relative positions (a packed linear_pos, the
+    position term through the simulated pos_hook), dropout after the probability binarizer."""
+    if not binary_kernels.available:
+        pytest.skip(binary_kernels.reason)
+    simulated = _trained_like("conformer_s_tiny", QuantSpec.from_dict({}))
+    assert simulated.quant_spec.binarize_relative_positions
+    runtime = to_binary_runtime(copy.deepcopy(simulated))
+    assert isinstance(runtime.encoder.layers[0].attention.linear_pos, PackedLinear)
+    assert isinstance(runtime.encoder.layers[0].conv.pointwise_conv1, PackedPointwiseConv1d)
+    for want, got in zip(_features(simulated), _features(runtime), strict=True):
+        assert (got - want).abs().max() <= BLOCK_TOLERANCE * want.abs().max()
 
 
 # --- what the conversion builds --------------------------------------------------------------------------------
