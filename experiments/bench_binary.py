@@ -263,20 +263,8 @@ def _shape_text(gemm: Gemm) -> str:
     return f"{gemm.batch} x " if gemm.batch > 1 else ""
 
 
-def gemm_report(args: argparse.Namespace) -> str:
-    """Benchmark (a): the markdown report of the per-GEMM mode."""
-    uses: dict[Gemm, Counter] = defaultdict(Counter)  # shape -> model -> calls per forward
-    sites: dict[Gemm, set[str]] = defaultdict(set)
-    for preset in args.models:
-        for gemm, label in model_gemms(preset, args.seconds):
-            uses[gemm][preset] += 1
-            sites[gemm].add(re.sub(r"^(ffn\d|feed_forward)\.", "ffn.", label))
-        print(f"{preset}: {sum(c[preset] for c in uses.values())} binary GEMMs per forward", file=sys.stderr)
-    shapes = sorted(uses, key=lambda g: (bool(g.attention), g.k * g.n, g.m, g.op))
-    gen = torch.Generator().manual_seed(0)
-    operands = {gemm: _operands(gemm, gen) for gemm in shapes}
-    default_threads = torch.get_num_threads()
-    times: dict[tuple[Gemm, int], dict[str, float]] = {}
+def _time_gemms(args: argparse.Namespace, shapes: list[Gemm], operands: dict, times: dict) -> None:
+    """Best fp32, binary and packing times of every shape at every thread count into ``times``."""
     for _ in range(args.rounds):  # rounds spread the samples of each shape over a longer time
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -291,7 +279,36 @@ def gemm_report(args: argparse.Namespace) -> str:
                     f"x{t['fp32'] / t['binary']:.1f}",
                     file=sys.stderr,
                 )
+
+
+def machine_status(other_cores: float | None) -> str:
+    """Whether the measurement is final or preliminary, with the machine it ran on and how loaded it was."""
+    if other_cores is None or other_cores > 0.2:
+        lead = "**Preliminary**: other processes used the machine while it ran"
+    else:
+        lead = "Measured on an otherwise idle machine"
+    other = "unknown" if other_cores is None else f"{other_cores:.2f} cores on average"
+    return f"{lead} ({machine_line()}, the run's own threads included; other processes: {other})"
+
+
+def gemm_report(args: argparse.Namespace) -> str:
+    """Benchmark (a): the markdown report of the per-GEMM mode."""
+    uses: dict[Gemm, Counter] = defaultdict(Counter)  # shape -> model -> calls per forward
+    sites: dict[Gemm, set[str]] = defaultdict(set)
+    for preset in args.models:
+        for gemm, label in model_gemms(preset, args.seconds):
+            uses[gemm][preset] += 1
+            sites[gemm].add(re.sub(r"^(ffn\d|feed_forward)\.", "ffn.", label))
+        print(f"{preset}: {sum(c[preset] for c in uses.values())} binary GEMMs per forward", file=sys.stderr)
+    shapes = sorted(uses, key=lambda g: (bool(g.attention), g.k * g.n, g.m, g.op))
+    gen = torch.Generator().manual_seed(0)
+    operands = {gemm: _operands(gemm, gen) for gemm in shapes}
+    default_threads = torch.get_num_threads()
+    times: dict[tuple[Gemm, int], dict[str, float]] = {}
+    with other_load() as others:
+        _time_gemms(args, shapes, operands, times)
     torch.set_num_threads(default_threads)
+    status = machine_status(others["cores"])
 
     lines = [
         "# Binary GEMMs against torch fp32 matmul (issue 14, benchmark a)",
@@ -300,7 +317,7 @@ def gemm_report(args: argparse.Namespace) -> str:
         "H x for the per-head attention products. fp32 = `torch.matmul` (float32, the same thread count); binary "
         "= the popcount GEMM with its fused scale/bias epilogue on packed operands (weights packed at load); "
         "pack = packing the activations of one call (for attention both operands). Best of "
-        f"{args.samples} interleaved samples in each of {args.rounds} round(s). **Preliminary**: measured on a shared machine ({machine_line()}).",
+        f"{args.samples} interleaved samples in each of {args.rounds} round(s). {status}.",
         "",
     ]
     for threads in args.threads:
@@ -493,17 +510,8 @@ def model_report(args: argparse.Namespace) -> str:
                 f"({t['fp32 encoder'] / t['binary encoder']:.1f}x) at {args.threads[0]} thread(s)",
                 file=sys.stderr,
             )
-    load_after = load_average()
-    loads = [x for x in (load_before, load_after) if x is not None]
-    busy = others["cores"] is None or others["cores"] > 0.2
-    status = (
-        "**Preliminary**: other processes used the machine while it ran"
-        if busy
-        else "Measured on an otherwise idle machine"
-    )
-    other_text = "unknown" if others["cores"] is None else f"{others['cores']:.2f} cores on average"
-    load_text = " and ".join(f"{x:.2f}" for x in loads) if loads else "unknown"
-    load_text += f" (the run's own threads included); other processes: {other_text}"
+    loads = [f"{x:.2f}" for x in (load_before, load_average()) if x is not None]
+    status = machine_status(others["cores"])
     lines = [
         "# BQ models on the binary runtime against their FP32 selves (issue 14, benchmark b)",
         "",
@@ -512,8 +520,8 @@ def model_report(args: argparse.Namespace) -> str:
         "`to_binary_runtime`: bit-packed weights, XNOR/AND-popcount GEMMs, attention products binary, front end, "
         "norms, softmax, depthwise convolutions and the relative-position term in float32. Encoder = everything "
         "after the front end, called on the front end's output; whole = `extract_features`. Best of "
-        f"{args.samples} interleaved samples. {status} ({machine_line()}; load average at start and end: "
-        f"{load_text}).",
+        f"{args.samples} interleaved samples. {status}; load average at start and end: "
+        f"{' and '.join(loads) or 'unknown'}.",
         "",
         "## Latency",
         "",
