@@ -396,8 +396,11 @@ def _same(got: dict, want: dict) -> bool:
     ids=["no_compiler", "disabled"],
 )
 def test_fallback_warns_once_and_gives_the_same_results(tmp_path, binary_kernels, env, reason):
-    # an empty cache: without a compiler nothing can be loaded
-    report, outputs = _probe(tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"), **env)
+    # an empty cache (also when this session's cache is named by HUBERT_LIT_EXTENSION_CACHE): without a compiler
+    # nothing can be loaded
+    report, outputs = _probe(
+        tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"), HUBERT_LIT_EXTENSION_CACHE="", **env
+    )
     assert report["isa"] == "torch" and reason in report["reason"]
     assert len(report["warnings"]) == 1 and reason in report["warnings"][0]
     assert _same(outputs, probe.outputs())  # this process runs the extension where it is available
