@@ -10,23 +10,32 @@ Sparseformer layout masks blocks. Packing the activations (once per layer input;
 operands) is timed separately; weights are packed once at load and not timed. Depthwise convolutions are not
 GEMMs and are left out. Times are the best of ``--samples`` interleaved samples, each long enough to time.
 
-Mode ``model`` (benchmark b: encoder and whole-model latency against FP32 with a time breakdown) plugs into
-``MODES`` once the binary runtime exists; it reuses ``best_time`` and ``machine_line``.
+Mode ``model`` (benchmark b): each BQ model on the binary runtime (``hubert_lit.quant.runtime``) against its FP32
+self (the same preset, not binarized), batch 1, ``--seconds`` of audio: the encoder alone (everything after the
+front end, on the front end's output) and the whole model (``extract_features``), best of ``--samples``
+interleaved samples at each ``--threads``. The BQ models have random weights and activation scales calibrated on
+the benchmark utterance (``calibrating_scales``); timing does not depend on the values. Breakdown of the runtime
+encoder: the time inside the binary GEMMs and the packing calls (the ``binary_kernels`` entry points wrapped with
+timers in one extra pass), the rest being full-precision ops and Python; one ``torch.profiler`` pass at 1 thread
+names the largest full-precision ops.
 
     python experiments/bench_binary.py                                  # writes results/bench_binary_gemm.md
+    python experiments/bench_binary.py --mode model                     # writes results/bench_binary_models.md
     python experiments/bench_binary.py --models conformer_s --threads 1 --output /tmp/x.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -82,12 +91,43 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (/proc/stat; None where it does not exist)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def other_load() -> Iterator[dict[str, float | None]]:
+    """Cores used on average by other processes while the block runs (all CPUs' busy time minus this process's
+    CPU time, over the wall time): ``{"cores": ...}`` after the block, None where /proc/stat is missing."""
+    result: dict[str, float | None] = {"cores": None}
+    busy, own, start = _busy_seconds(), time.process_time(), time.perf_counter()
+    try:
+        yield result
+    finally:
+        end_busy = _busy_seconds()
+        if busy is not None and end_busy is not None:
+            wall = time.perf_counter() - start
+            others = (end_busy - busy) - (time.process_time() - own)
+            result["cores"] = max(0.0, others / wall)
+
+
 def machine_line() -> str:
     from hubert_lit.quant import binary_kernels as bk
 
     load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    if load_average() is not None:
+        load = f", load average {load_average():.1f} on {os.cpu_count()} cores"
     return (
         f"{cpu_name()}{load}, binary kernels: {bk.active_isa()}; torch {torch.__version__}; "
         f"{date.today().isoformat()}"
@@ -223,20 +263,8 @@ def _shape_text(gemm: Gemm) -> str:
     return f"{gemm.batch} x " if gemm.batch > 1 else ""
 
 
-def gemm_report(args: argparse.Namespace) -> str:
-    """Benchmark (a): the markdown report of the per-GEMM mode."""
-    uses: dict[Gemm, Counter] = defaultdict(Counter)  # shape -> model -> calls per forward
-    sites: dict[Gemm, set[str]] = defaultdict(set)
-    for preset in args.models:
-        for gemm, label in model_gemms(preset, args.seconds):
-            uses[gemm][preset] += 1
-            sites[gemm].add(re.sub(r"^(ffn\d|feed_forward)\.", "ffn.", label))
-        print(f"{preset}: {sum(c[preset] for c in uses.values())} binary GEMMs per forward", file=sys.stderr)
-    shapes = sorted(uses, key=lambda g: (bool(g.attention), g.k * g.n, g.m, g.op))
-    gen = torch.Generator().manual_seed(0)
-    operands = {gemm: _operands(gemm, gen) for gemm in shapes}
-    default_threads = torch.get_num_threads()
-    times: dict[tuple[Gemm, int], dict[str, float]] = {}
+def _time_gemms(args: argparse.Namespace, shapes: list[Gemm], operands: dict, times: dict) -> None:
+    """Best fp32, binary and packing times of every shape at every thread count into ``times``."""
     for _ in range(args.rounds):  # rounds spread the samples of each shape over a longer time
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -251,7 +279,36 @@ def gemm_report(args: argparse.Namespace) -> str:
                     f"x{t['fp32'] / t['binary']:.1f}",
                     file=sys.stderr,
                 )
+
+
+def machine_status(other_cores: float | None) -> str:
+    """Whether the measurement is final or preliminary, with the machine it ran on and how loaded it was."""
+    if other_cores is None or other_cores > 0.2:
+        lead = "**Preliminary**: other processes used the machine while it ran"
+    else:
+        lead = "Measured on an otherwise idle machine"
+    other = "unknown" if other_cores is None else f"{other_cores:.2f} cores on average"
+    return f"{lead} ({machine_line()}, the run's own threads included; other processes: {other})"
+
+
+def gemm_report(args: argparse.Namespace) -> str:
+    """Benchmark (a): the markdown report of the per-GEMM mode."""
+    uses: dict[Gemm, Counter] = defaultdict(Counter)  # shape -> model -> calls per forward
+    sites: dict[Gemm, set[str]] = defaultdict(set)
+    for preset in args.models:
+        for gemm, label in model_gemms(preset, args.seconds):
+            uses[gemm][preset] += 1
+            sites[gemm].add(re.sub(r"^(ffn\d|feed_forward)\.", "ffn.", label))
+        print(f"{preset}: {sum(c[preset] for c in uses.values())} binary GEMMs per forward", file=sys.stderr)
+    shapes = sorted(uses, key=lambda g: (bool(g.attention), g.k * g.n, g.m, g.op))
+    gen = torch.Generator().manual_seed(0)
+    operands = {gemm: _operands(gemm, gen) for gemm in shapes}
+    default_threads = torch.get_num_threads()
+    times: dict[tuple[Gemm, int], dict[str, float]] = {}
+    with other_load() as others:
+        _time_gemms(args, shapes, operands, times)
     torch.set_num_threads(default_threads)
+    status = machine_status(others["cores"])
 
     lines = [
         "# Binary GEMMs against torch fp32 matmul (issue 14, benchmark a)",
@@ -260,7 +317,7 @@ def gemm_report(args: argparse.Namespace) -> str:
         "H x for the per-head attention products. fp32 = `torch.matmul` (float32, the same thread count); binary "
         "= the popcount GEMM with its fused scale/bias epilogue on packed operands (weights packed at load); "
         "pack = packing the activations of one call (for attention both operands). Best of "
-        f"{args.samples} interleaved samples in each of {args.rounds} round(s). **Preliminary**: measured on a shared machine ({machine_line()}).",
+        f"{args.samples} interleaved samples in each of {args.rounds} round(s). {status}.",
         "",
     ]
     for threads in args.threads:
@@ -305,9 +362,223 @@ def gemm_report(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-# name -> (report builder, default output file); "model" (benchmark b) joins once the binary runtime exists
+# --- mode model -------------------------------------------------------------------------------------------------
+
+KERNEL_CALLS = {  # binary_kernels entry point -> breakdown part
+    **dict.fromkeys(("xnor_gemm", "and_gemm", "xnor_bmm", "and_bmm"), "gemm"),
+    **dict.fromkeys(("pack_signed", "pack_unsigned", "pack_signed_panels", "pack_signed_columns"), "pack"),
+    "pack_softmax": "softmax",
+}
+
+
+@contextmanager
+def kernel_timers() -> Iterator[dict[str, float]]:
+    """Seconds spent inside the binary GEMMs (``"gemm"``), the packing calls (``"pack"``) and the fused softmax and
+    probability binarizer (``"softmax"``) while the block runs, by wrapping the ``binary_kernels`` entry points the
+    runtime calls (``bk.<name>``, looked up per call)."""
+    from hubert_lit.quant import binary_kernels as bk
+
+    spent = dict.fromkeys(set(KERNEL_CALLS.values()), 0.0)
+    originals = {name: getattr(bk, name) for name in KERNEL_CALLS}
+
+    def timed(fn, kind):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[kind] += time.perf_counter() - start
+
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(bk, name, timed(fn, KERNEL_CALLS[name]))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(bk, name, fn)
+
+
+@dataclass
+class ModelTimes:
+    """Best seconds per call of one BQ model and its FP32 self, per thread count, and the runtime's breakdown."""
+
+    preset: str
+    times: dict[int, dict[str, float]] = field(default_factory=dict)  # threads -> fp32/binary x encoder/whole
+    breakdown: dict[int, dict[str, float]] = field(
+        default_factory=dict
+    )  # threads -> total/gemm/pack/softmax s
+    top_ops: list[tuple[str, float]] = field(default_factory=list)  # largest FP ops of the encoder, 1 thread
+
+
+def _model_pair(preset: str, waveforms: torch.Tensor, lengths: torch.Tensor):
+    """(FP32 model, the same model binarized on the binary runtime), both in eval mode."""
+    from hubert_lit.models import build_hubert
+    from hubert_lit.quant import binarize, calibrating_scales
+    from hubert_lit.quant.runtime import is_binary_runtime, to_binary_runtime
+
+    torch.manual_seed(0)
+    fp32 = build_hubert(preset, num_classes=0).eval()
+    binary = binarize(copy.deepcopy(fp32)).eval()
+    with calibrating_scales(binary), torch.no_grad():
+        binary.extract_features(waveforms, lengths)
+    binary = to_binary_runtime(binary)
+    if not is_binary_runtime(binary):
+        raise RuntimeError("the binary kernels are unavailable: nothing to benchmark")
+    return fp32, binary
+
+
+def _encoder_call(model, waveforms: torch.Tensor, lengths: torch.Tensor) -> Callable[[], object]:
+    """A call of ``model.encoder`` on the front end's output for ``waveforms`` (recorded from one forward)."""
+    recorded = {}
+
+    def record(module, args, kwargs):
+        recorded.update(args=args, kwargs=kwargs)
+
+    handle = model.encoder.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.inference_mode():
+        model.extract_features(waveforms, lengths)
+    handle.remove()
+    return lambda: model.encoder(*recorded["args"], **recorded["kwargs"])
+
+
+BINARY_OPS = ("hubert_lit_bits::gemm", "hubert_lit_bits::pack_rows", "hubert_lit_bits::pack_cols")
+
+
+def _top_fp_ops(run: Callable[[], object], count: int = 6) -> list[tuple[str, float]]:
+    """The ``count`` largest ops by self CPU time (s) in one profiled call, binary GEMMs and packing excluded (the
+    fused softmax, a float32 op that also packs, stays in)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = [(e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages() if e.key not in BINARY_OPS]
+    return sorted(ops, key=lambda item: -item[1])[:count]
+
+
+def time_model(preset: str, args: argparse.Namespace) -> ModelTimes:
+    """Benchmark (b) for one preset: every thread count, interleaved FP32 / binary samples."""
+    samples = int(args.seconds * SAMPLE_RATE)
+    gen = torch.Generator().manual_seed(0)
+    waveforms, lengths = torch.randn(1, samples, generator=gen), torch.tensor([samples])
+    fp32, binary = _model_pair(preset, waveforms, lengths)
+    calls = {
+        "fp32 encoder": _encoder_call(fp32, waveforms, lengths),
+        "binary encoder": _encoder_call(binary, waveforms, lengths),
+        "fp32 whole": lambda: fp32.extract_features(waveforms, lengths),
+        "binary whole": lambda: binary.extract_features(waveforms, lengths),
+    }
+    result = ModelTimes(preset)
+    default_threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                result.times[threads] = best_time(calls, args.samples, min_sample_s=0.0)
+                encoder = calls["binary encoder"]
+                best = {"total": float("inf")}
+                for _ in range(3):  # the breakdown of the fastest of three timed passes
+                    with kernel_timers() as spent:
+                        start = time.perf_counter()
+                        encoder()
+                        total = time.perf_counter() - start
+                    if total < best["total"]:
+                        best = {"total": total, **spent}
+                result.breakdown[threads] = best
+            torch.set_num_threads(1)
+            result.top_ops = _top_fp_ops(calls["binary encoder"])
+    finally:
+        torch.set_num_threads(default_threads)
+    return result
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def model_report(args: argparse.Namespace) -> str:
+    """Benchmark (b): the markdown report of the whole-model mode."""
+    load_before = load_average()
+    results = []
+    with other_load() as others:
+        for preset in args.models:
+            results.append(time_model(preset, args))
+            t = results[-1].times[args.threads[0]]
+            print(
+                f"{preset}: encoder fp32 {_ms(t['fp32 encoder'])} ms, binary {_ms(t['binary encoder'])} ms "
+                f"({t['fp32 encoder'] / t['binary encoder']:.1f}x) at {args.threads[0]} thread(s)",
+                file=sys.stderr,
+            )
+    loads = [f"{x:.2f}" for x in (load_before, load_average()) if x is not None]
+    status = machine_status(others["cores"])
+    lines = [
+        "# BQ models on the binary runtime against their FP32 selves (issue 14, benchmark b)",
+        "",
+        f"Batch 1, {args.seconds:g} s of audio. FP32 = the preset in float32 (attention on fused SDPA); binary = "
+        "the same preset binarized (BiT W1A1, random weights, scales calibrated on the utterance) and converted with "
+        "`to_binary_runtime`: bit-packed weights, XNOR/AND-popcount GEMMs, attention products binary, front end, "
+        "norms, softmax, depthwise convolutions and the relative-position term in float32. Encoder = everything "
+        "after the front end, called on the front end's output; whole = `extract_features`. Best of "
+        f"{args.samples} interleaved samples. {status}; load average at start and end: "
+        f"{' and '.join(loads) or 'unknown'}.",
+        "",
+        "## Latency",
+        "",
+        "| model | threads | FP32 encoder ms | binary encoder ms | encoder speed-up | FP32 whole ms | binary whole ms "
+        "| whole-model speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for threads, t in r.times.items():
+            lines.append(
+                f"| bq_{r.preset} | {threads} | {_ms(t['fp32 encoder'])} | {_ms(t['binary encoder'])} | "
+                f"{t['fp32 encoder'] / t['binary encoder']:.1f}x | {_ms(t['fp32 whole'])} | "
+                f"{_ms(t['binary whole'])} | {t['fp32 whole'] / t['binary whole']:.1f}x |"
+            )
+    lines += [
+        "",
+        "## Where the binary encoder's time goes",
+        "",
+        "One more pass of the binary encoder with the kernel entry points timed (the fastest of three): binary GEMMs "
+        "(XNOR/AND popcount, epilogue included), packing (layer inputs, attention queries, keys and values), the "
+        "attention softmax fused with the probability binarizer (float32 exp, bits out: `pack_softmax`), and the "
+        "rest (full-precision ops: norms, residuals, ReLU, attention masks, depthwise convolutions, "
+        "relative-position terms, plus Python). Front end = whole model minus encoder (best times above).",
+        "",
+        "| model | threads | encoder ms | binary GEMMs ms (%) | packing ms (%) | softmax + probability bits ms (%) "
+        "| other full precision and Python ms (%) | front end ms (whole, binary) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for threads, b in r.breakdown.items():
+            rest = b["total"] - b["gemm"] - b["pack"] - b["softmax"]
+            t = r.times[threads]
+
+            def part(seconds: float, total: float = b["total"]) -> str:
+                return f"{_ms(seconds)} ({100 * seconds / total:.0f} %)"
+
+            lines.append(
+                f"| bq_{r.preset} | {threads} | {_ms(b['total'])} | {part(b['gemm'])} | {part(b['pack'])} | "
+                f"{part(b['softmax'])} | {part(rest)} | {_ms(t['binary whole'] - t['binary encoder'])} |"
+            )
+    lines += [
+        "",
+        "## Largest other ops of the binary encoder (1 thread, torch.profiler, self CPU time)",
+        "",
+        "| model | ops (ms) |",
+        "|---|---|",
+    ]
+    for r in results:
+        ops = ", ".join(f"{name} {_ms(seconds)}" for name, seconds in r.top_ops)
+        lines.append(f"| bq_{r.preset} | {ops} |")
+    return "\n".join(lines) + "\n"
+
+
+# name -> (report builder, default output file)
 MODES: dict[str, tuple[Callable[[argparse.Namespace], str], str]] = {
     "gemm": (gemm_report, "bench_binary_gemm.md"),
+    "model": (model_report, "bench_binary_models.md"),
 }
 
 
@@ -328,7 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)"
     )
     parser.add_argument(
-        "--samples", type=int, default=25, help="timed samples per measurement; the best is kept"
+        "--samples",
+        type=int,
+        default=None,
+        help="timed samples per measurement; the best is kept (default 25 for gemm, 5 for model)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="passes over all shapes; the best of all is kept (default 1)"
@@ -341,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.samples is None:
+        args.samples = 25 if args.mode == "gemm" else 5
     from hubert_lit.quant import binary_kernels as bk
 
     if not bk.kernels_available():

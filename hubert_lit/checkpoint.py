@@ -16,11 +16,24 @@ content:
   ``(code - 2**(b-1) + 1/2) * step`` (``step`` per tensor, or per output channel where the spec says so), the
   value the quantized layer computes, so a reloaded model's outputs equal the checkpoint's exactly. The latent
   full-precision weights are not stored: a packed file is for inference, not for further distillation.
+
+  Two export options change the content, not the format name (files written without them hold the same entries
+  as before, and the loader reads both): ``"full_precision_bits": 16`` marks a file whose ``state_dict``
+  floats are float16 (``export --full-precision-bits 16``: the front end, norms, biases, activation scales and
+  shifts at 16 bits, Table 1's "16-bit + 1-bit" storage; ``step`` stays float32); the loader upcasts them to
+  float32, so the model computes with the 16-bit values exactly. ``export --drop-head`` leaves out the
+  pretraining head (mask embedding, final projection, label embeddings) and stores ``num_classes: 0``: a
+  feature-extraction model. Both apply to model files too. The tensors of a packed export are views of one
+  storage per dtype, which ``torch.save`` writes as one record each (readers see the same dict).
 * **Lightning checkpoint** of a suite module (``.ckpt``): Lightning's own keys plus :data:`CONFIG_KEY` (the
   resolved ``HubertConfig``), :data:`QUANT_SPEC_KEY` (binarized students), :data:`COUNTERS_KEY` (the module's
   counters), :data:`RNG_KEY` (every rank's random states) and :data:`DATA_KEY` (the fingerprint of the training
   data and epoch plan, :mod:`hubert_lit.data.fingerprint`); the model's weights are
   ``state_dict["model.*"]``, and a distillation checkpoint leaves the frozen teacher's ``teacher.*`` out.
+
+``load_model(path, runtime="binary")`` loads any of them holding a binarized W1A1 model and converts it to the
+binary runtime (:mod:`hubert_lit.quant.runtime`: bit-packed weights, popcount kernels, inference only); a model in
+that runtime cannot be saved (save the simulated one).
 
 Files written by earlier versions use the same formats and load unchanged (``tests/test_checkpoint.py`` loads
 and resumes files written by hubert-lit 0.1.0).
@@ -40,10 +53,13 @@ from hubert_lit.atomic import atomic_torch_save
 from hubert_lit.models import HubertConfig, HubertModel
 from hubert_lit.quant.binarize import apply_stored_spec, binarize, quantized_layers
 from hubert_lit.quant.packing import pack_codes, unpack_codes
+from hubert_lit.quant.runtime import RUNTIMES, is_binary_runtime, to_binary_runtime
 from hubert_lit.quant.spec import QuantSpec
 
 MODEL_FORMAT = "hubert-lit-model/1"
 PACKED_FORMAT = "hubert-lit-packed/1"
+FULL_PRECISION_BITS = (32, 16)  # what a file may store the parts kept in full precision at
+HEAD_PREFIXES = ("mask_embedding", "final_proj.", "label_embeddings")  # the pretraining head's state entries
 
 # Keys a suite LightningModule adds to Lightning's checkpoint dict.
 CONFIG_KEY = "hubert_config"
@@ -120,6 +136,14 @@ def read_model_config(path: str | os.PathLike) -> tuple[HubertConfig, QuantSpec 
     return config_of(read_file(path), str(path))
 
 
+def _upcast(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored state with float16 entries (``--full-precision-bits 16``) as float32."""
+    return {
+        k: v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float16 else v
+        for k, v in state.items()
+    }
+
+
 def model_from_payload(payload: Mapping[str, Any], source: str = "<payload>") -> HubertModel:
     """Rebuild the model (eval mode) stored in a loaded file of any kind."""
     kind = file_kind(payload, source)
@@ -136,7 +160,7 @@ def model_from_payload(payload: Mapping[str, Any], source: str = "<payload>") ->
             raise ValueError(f"{source}: no '{MODEL_PREFIX}*' weights in the checkpoint's state_dict")
     else:
         _require(payload, ("state_dict",), f"{MODEL_FORMAT} file", source)
-        state = payload["state_dict"]
+        state = _upcast(payload["state_dict"])
     model = HubertModel(config)
     apply_stored_spec(model, spec)  # binarized: rebuild the quantized layers before loading their state
     try:
@@ -146,29 +170,103 @@ def model_from_payload(payload: Mapping[str, Any], source: str = "<payload>") ->
     return model.eval()
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> HubertModel:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", runtime: str = "simulated"
+) -> HubertModel:
     """Rebuild the model stored in ``path``, in eval mode, whatever kind of suite file it is (pretraining or
-    distillation ``.ckpt``, model file, packed export)."""
-    return model_from_payload(read_file(path, map_location), str(path))
+    distillation ``.ckpt``, model file, packed export).
+
+    ``runtime="binary"`` (a binarized W1A1 model, on the CPU) runs it on the 1-bit popcount kernels for inference
+    (:func:`hubert_lit.quant.runtime.to_binary_runtime`); the default ``"simulated"`` gives the model as
+    trained, on ordinary float kernels.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    model = model_from_payload(read_file(path, map_location), str(path))
+    if runtime == "binary":
+        if model.quant_spec is None:
+            raise ValueError(
+                f"{path} holds a full-precision model; runtime='binary' needs a binarized (W1A1) model"
+            )
+        try:
+            to_binary_runtime(model)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+    return model
 
 
-# ----------------------------------------------------------------------------------------------- model files
-def model_file_payload(model: HubertModel) -> dict[str, Any]:
-    """The model-file dict of ``model`` (config, weights, and its quant spec when binarized)."""
-    payload = {"format": MODEL_FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict()}
+# ----------------------------------------------------------------------------------------------- writing
+def _check_savable(model: HubertModel) -> None:
+    if is_binary_runtime(model):
+        raise ValueError(
+            "this model runs on the binary runtime, which keeps only packed weights; save the simulated model "
+            "(loaded without runtime='binary') instead"
+        )
+
+
+def _stored(model: HubertModel, skip: set[str], full_precision_bits: int, drop_head: bool):
+    """(config dict, state dict) to store: ``skip`` and, with ``drop_head``, the pretraining head left out (the
+    config then says ``num_classes: 0``); floats at ``full_precision_bits``."""
+    if full_precision_bits not in FULL_PRECISION_BITS:
+        raise ValueError(
+            f"full_precision_bits must be one of {FULL_PRECISION_BITS}, got {full_precision_bits}"
+        )
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in skip or (drop_head and key.startswith(HEAD_PREFIXES)):
+            continue
+        value = value.detach().cpu()
+        state[key] = value.half() if full_precision_bits == 16 and value.is_floating_point() else value
+    config = model.config.replace(num_classes=0) if drop_head else model.config
+    return config.to_dict(), state
+
+
+def model_file_payload(
+    model: HubertModel, full_precision_bits: int = 32, drop_head: bool = False
+) -> dict[str, Any]:
+    """The model-file dict of ``model`` (config, weights, and its quant spec when binarized); see the module
+    docstring for the options."""
+    _check_savable(model)
+    config, state = _stored(model, set(), full_precision_bits, drop_head)
+    payload: dict[str, Any] = {"format": MODEL_FORMAT, "config": config, "state_dict": state}
+    if full_precision_bits != 32:
+        payload["full_precision_bits"] = full_precision_bits
     if model.quant_spec is not None:
         payload["quant_spec"] = model.quant_spec.to_dict()
     return payload
 
 
-def save_model(model: HubertModel, path: str | os.PathLike) -> None:
+def save_model(
+    model: HubertModel, path: str | os.PathLike, full_precision_bits: int = 32, drop_head: bool = False
+) -> None:
     """Write ``model`` as a model file, atomically (temporary file + ``os.replace``)."""
-    atomic_torch_save(model_file_payload(model), path)
+    atomic_torch_save(model_file_payload(model, full_precision_bits, drop_head), path)
 
 
 # ----------------------------------------------------------------------------------------------- packed exports
-def packed_payload(model: HubertModel) -> dict[str, Any]:
+def _one_storage_per_dtype(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors as views of one flat storage per dtype. ``torch.save`` writes a record (~300 bytes of zip
+    headers and alignment) per storage, not per tensor: with hundreds of small tensors (biases, scales, shifts)
+    this keeps a packed file within a few per cent of its data. Readers see ordinary tensors."""
+    groups: dict[torch.dtype, list[str]] = {}
+    for key, value in tensors.items():
+        groups.setdefault(value.dtype, []).append(key)
+    shared = {}
+    for keys in groups.values():
+        flat = torch.cat([tensors[k].reshape(-1) for k in keys])
+        offset = 0
+        for key in keys:
+            count = tensors[key].numel()
+            shared[key] = flat[offset : offset + count].view(tensors[key].shape)
+            offset += count
+    return {key: shared[key] for key in tensors}
+
+
+def packed_payload(
+    model: HubertModel, full_precision_bits: int = 32, drop_head: bool = False
+) -> dict[str, Any]:
     """The packed-export dict (see the module docstring) of a binarized ``model``."""
+    _check_savable(model)
     spec = model.quant_spec
     if spec is None:
         raise ValueError(
@@ -185,19 +283,28 @@ def packed_payload(model: HubertModel) -> dict[str, Any]:
             "step": step.detach().cpu().float().clone(),
         }
         skip.update({f"{name}.weight", f"{name}.weight_is_quantized"})
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
-    return {
+    config, state = _stored(model, skip, full_precision_bits, drop_head)
+    codes = _one_storage_per_dtype({name: entry["codes"] for name, entry in packed.items()})
+    steps = _one_storage_per_dtype({name: entry["step"] for name, entry in packed.items()})
+    for name, entry in packed.items():
+        entry["codes"], entry["step"] = codes[name], steps[name]
+    payload = {
         "format": PACKED_FORMAT,
-        "config": model.config.to_dict(),
+        "config": config,
         "quant_spec": spec.to_dict(),
-        "state_dict": state,
+        "state_dict": _one_storage_per_dtype(state),
         "packed": packed,
     }
+    if full_precision_bits != 32:
+        payload["full_precision_bits"] = full_precision_bits
+    return payload
 
 
-def save_packed(model: HubertModel, path: str | os.PathLike) -> int:
+def save_packed(
+    model: HubertModel, path: str | os.PathLike, full_precision_bits: int = 32, drop_head: bool = False
+) -> int:
     """Write the packed export of ``model`` to ``path`` atomically; returns the file size in bytes."""
-    atomic_torch_save(packed_payload(model), path)
+    atomic_torch_save(packed_payload(model, full_precision_bits, drop_head), path)
     return Path(path).stat().st_size
 
 
@@ -215,7 +322,7 @@ def model_from_packed(payload: Mapping[str, Any], source: str = "<payload>") -> 
         raise ValueError(
             f"{source}: packed layers do not match the rebuilt model (missing {missing}, unexpected {extra})"
         )
-    result = model.load_state_dict(payload["state_dict"], strict=False)
+    result = model.load_state_dict(_upcast(payload["state_dict"]), strict=False)
     expected_missing = {f"{n}.{p}" for n in layers for p in ("weight", "weight_is_quantized")}
     if set(result.missing_keys) != expected_missing or result.unexpected_keys:
         raise ValueError(

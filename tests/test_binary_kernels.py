@@ -158,6 +158,9 @@ def test_every_path_gives_bit_identical_results(binary_kernels):
                 scale = bk.column_scale(alpha, step / 2, n)
                 outputs += [w.words, signed.words, unsigned.words]
                 outputs += [bk.xnor_gemm(signed, w, scale, bias), bk.and_gemm(unsigned, w, scale, bias)]
+                scores = x[None, None] * 3  # (1, 1, m, k): rows of k scores
+                outputs += [bk.pack_softmax(scores, 1.5 / k, scores.new_ones(scores.shape).bool()).words]
+                outputs += [bk.pack_softmax(scores, 1.5 / k, scores > -0.5).words]
         results[path] = outputs
     if best != "torch":
         bk.set_isa(best)
@@ -177,7 +180,7 @@ def test_results_do_not_depend_on_the_thread_count(binary_kernels):
     def run():
         y = bk.xnor_gemm(bk.pack_signed(x, shift), w, bk.column_scale(alpha, step / 2, 256), bias)
         z = bk.and_bmm(bk.pack_unsigned(probs, 0.02), bk.pack_signed_columns(values), 0.5)
-        return y, z
+        return y, z, bk.pack_softmax(probs * 50, 0.03).words
 
     threads = torch.get_num_threads()
     try:
@@ -213,6 +216,51 @@ def test_packing_makes_the_activation_quantizers_decision(isa):
         expected = quant(x) > 0
         bits = bk.pack_signed(x, quant.shift) if signed else bk.pack_unsigned(x, quant.alpha, quant.shift)
         assert torch.equal(bk.unpack(bits), expected), (isa, signed)
+
+
+def test_softmax_bits_are_the_quantizers_decisions_on_torch_softmax(isa):
+    """pack_softmax on (B, H, T, n) scores with padded keys (a (B, 1, T, n) mask), a per-head sparse mask, a row
+    with nothing allowed and a row of -inf, against torch.softmax of the masked scores and the unsigned quantizer:
+    the kernels' own exp and summation may decide differently only for a probability within float32 rounding of
+    the threshold."""
+    gen = torch.Generator().manual_seed(8)
+    batch, heads, length = 2, 3, 45
+    quant = ActivationQuantizer(1, signed=False).eval()
+    with torch.no_grad():
+        quant.alpha.fill_(2.4 / length)
+        quant.initialized.fill_(True)
+    threshold = bk.ops.unsigned_threshold(quant.alpha)
+    scores = 2 * torch.randn(batch, heads, length, length + 26, generator=gen)  # n = 71: not a multiple of 16
+    scores[1, 2, 4] = float("-inf")
+    padded = torch.ones(batch, 1, length, length + 26, dtype=torch.bool)
+    padded[1, :, :, 50:] = False
+    sparse = torch.rand(batch, heads, length, length + 26, generator=gen) > 0.4
+    sparse[0, 1, 7] = False  # nothing allowed in this row
+    decided = 0
+    for allowed in (None, padded, sparse):
+        masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+        probs = masked.softmax(-1).nan_to_num(0.0)  # a row with nothing allowed: no probability
+        with torch.no_grad():
+            want = quant(probs) > 0
+        got = bk.unpack(bk.pack_softmax(scores, quant.alpha, allowed))
+        differ = got != want
+        assert not bool(got[~torch.isfinite(masked)].any()), isa  # left-out keys never pass
+        assert bool((probs[differ] - threshold).abs().le(8 * FP32_UNIT * threshold).all()), isa
+        assert int(differ.sum()) <= 1e-4 * differ.numel()
+        decided += int(want.sum())
+    assert decided > 0.1 * 3 * scores.numel()  # the test covers both decisions
+
+
+def test_softmax_argument_errors(binary_kernels):
+    scores = torch.randn(2, 3, 5, 7)
+    with pytest.raises(ValueError, match="allowed must be"):
+        bk.pack_softmax(scores, 0.1, torch.ones(2, 2, 5, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="allowed must be"):
+        bk.pack_softmax(scores, 0.1, torch.ones(3, 5, 7, dtype=torch.bool))
+    with pytest.raises(TypeError, match="float32"):
+        bk.pack_softmax(scores.double(), 0.1)
+    with pytest.raises(ValueError, match="1 to 4 dims"):
+        bk.pack_softmax(torch.randn(1, 2, 3, 5, 7), 0.1)
 
 
 def _reference_tolerance(k: int, term: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -348,8 +396,11 @@ def _same(got: dict, want: dict) -> bool:
     ids=["no_compiler", "disabled"],
 )
 def test_fallback_warns_once_and_gives_the_same_results(tmp_path, binary_kernels, env, reason):
-    # an empty cache: without a compiler nothing can be loaded
-    report, outputs = _probe(tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"), **env)
+    # an empty cache (also when this session's cache is named by HUBERT_LIT_EXTENSION_CACHE): without a compiler
+    # nothing can be loaded
+    report, outputs = _probe(
+        tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"), HUBERT_LIT_EXTENSION_CACHE="", **env
+    )
     assert report["isa"] == "torch" and reason in report["reason"]
     assert len(report["warnings"]) == 1 and reason in report["warnings"][0]
     assert _same(outputs, probe.outputs())  # this process runs the extension where it is available

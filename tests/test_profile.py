@@ -28,9 +28,16 @@ from hubert_lit.profile.counters import (
     storage,
 )
 from hubert_lit.profile.paper_tables import ENCODERS, TABLE1, table1_row
-from hubert_lit.profile.report import COLUMNS, PAPER_COLUMNS, profile_rows, write_table1_files
-from hubert_lit.quant import QuantSpec, binarize
+from hubert_lit.profile.report import (
+    COLUMNS,
+    PAPER_COLUMNS,
+    profile_rows,
+    table1_markdown,
+    write_table1_files,
+)
+from hubert_lit.quant import QuantSpec, activation_quantizers, binarize
 from hubert_lit.quant.binarize import quantization_plan
+from hubert_lit.quant.runtime import is_binary_runtime
 
 TINY = [f"{name}_tiny" for name in ENCODERS]
 GIB = 2**30
@@ -190,6 +197,27 @@ def test_bq_row_is_cheaper_than_fp_row(tiny_profiles, name):
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_bq_rows_measure_the_binary_runtime_without_changing_the_model(tiny_profiles, binary_kernels, name):
+    fp, bq, _, bq_model = tiny_profiles[name]
+    assert fp.runtime is None and fp.runtime_latency_ms_1t is None  # latency_runs=0: nothing timed
+    if not binary_kernels.available:
+        assert bq.runtime is None and bq.runtime_latency_ms_1t is None
+        return
+    assert bq.runtime == "binary" and bq.runtime_latency_ms_1t > 0 and bq.runtime_latency_ms_2t > 0
+    # the runtime ran on a calibrated copy: the profiled model is still simulated, its scales untouched
+    assert not is_binary_runtime(bq_model)
+    assert not any(q.is_initialized() for _, q in activation_quantizers(bq_model))
+
+
+def test_fp_rows_measure_the_fp32_model_at_one_and_two_threads():
+    profile = profile_model(build_hubert("vanilla_tiny", num_classes=0), 0.5, latency_runs=1)
+    assert (
+        profile.runtime == "fp32" and profile.runtime_latency_ms_1t > 0 and profile.runtime_latency_ms_2t > 0
+    )
+    assert profile.cpu_threads == torch.get_num_threads()  # restored after the measurement
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_quantized_layers_match_the_binarize_spec(tiny_profiles, name):
     _, bq_profile, fp, bq = tiny_profiles[name]
     spec = QuantSpec()
@@ -242,6 +270,22 @@ def test_table1_files(tiny_profiles, tmp_path):
     assert "| 184.42 |" in markdown and "(1228.64)" in markdown and "Conventions:" in markdown
     assert (tmp_path / "table1.png").stat().st_size > 10_000
     assert len(paths) == 3
+
+
+def test_table1_markdown_puts_measured_speed_ups_beside_the_estimate(tiny_profiles):
+    fp, bq, _, _ = tiny_profiles["vanilla_tiny"]
+    fp = dataclasses.replace(
+        fp, model="vanilla", runtime="fp32", runtime_latency_ms_1t=100.0, runtime_latency_ms_2t=60.0
+    )
+    bq = dataclasses.replace(
+        bq, model="bq_vanilla", runtime="binary", runtime_latency_ms_1t=20.0, runtime_latency_ms_2t=15.0
+    )
+    estimated = fp.est_time_a100_1e4s / bq.est_time_a100_1e4s
+    markdown = table1_markdown([fp, bq])
+    assert "| 100 / 60 |  |" in markdown  # the FP row: its measured times, no speed-up
+    assert f"| 20 / 15 | {estimated:.1f}x / 5.0x / 4.0x |" in markdown
+    unmeasured = table1_markdown([dataclasses.replace(bq, runtime=None, runtime_latency_ms_1t=None)])
+    assert "| 20 / 15 |" not in unmeasured and unmeasured.count("|  |  |") >= 1
 
 
 def test_cli_preset_csv_and_json(capsys):

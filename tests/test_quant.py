@@ -362,6 +362,49 @@ def test_export_command(tmp_path, capsys):
     assert export.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_export_at_16_bits_without_head_is_verified_and_loads_as_float32(tmp_path, capsys):
+    from hubert_lit.export import cli as export
+    from hubert_lit.export.pipeline import rounded_copy
+
+    model = _trained_binarized("conformer_s")
+    save_model(model, tmp_path / "model.pt")
+    out = tmp_path / "m16.packed"
+    args = ["--checkpoint", str(tmp_path / "model.pt"), "--out", str(out)]
+    assert export.main([*args, "--full-precision-bits", "16", "--drop-head"]) == 0
+    text = capsys.readouterr().out
+    assert "full precision at 16 bits, no pretraining head" in text and "verified" in text
+    assert "Table 1 storage" in text
+    payload = torch.load(out, weights_only=True)
+    assert payload["format"] == "hubert-lit-packed/1" and payload["full_precision_bits"] == 16
+    assert not any(
+        k.startswith(("final_proj", "label_embeddings", "mask_embedding")) for k in payload["state_dict"]
+    )
+    loaded = load_model(out)
+    assert loaded.final_proj is None and all(p.dtype == torch.float32 for p in loaded.parameters())
+    waves, lengths, _ = batch(model)
+    with torch.no_grad():
+        want, _ = rounded_copy(model, 16).eval().extract_features(waves, lengths)
+        exact, _ = model.eval().extract_features(waves, lengths)
+        got, _ = loaded.extract_features(waves, lengths)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(exact, got, strict=True))  # the 16-bit rounding is real
+
+
+def test_packed_bq_vanilla_at_16_bits_is_within_2_percent_of_table_1_storage():
+    """Table 1's "16-bit + 1-bit" storage of bq_vanilla (25.00 MB, the paper 25.23 MB) is the file's real size."""
+    import io
+
+    from hubert_lit.checkpoint import packed_payload
+    from hubert_lit.profile.counters import storage
+
+    model = binarize(build_hubert("vanilla", num_classes=500))
+    buffer = io.BytesIO()
+    torch.save(packed_payload(model, full_precision_bits=16, drop_head=True), buffer)
+    expected = storage(model).paper_bytes
+    assert abs(expected / 1e6 - 25.0) < 0.01
+    assert abs(buffer.getbuffer().nbytes / expected - 1) <= 0.02
+
+
 def test_export_of_a_full_precision_model_writes_a_plain_model_file(tmp_path, capsys):
     from hubert_lit.export import cli as export
 

@@ -1,9 +1,10 @@
 """Export a checkpoint for inference: a binarized model as a packed file (8 one-bit weights per byte), a
-full-precision one as a plain model file (config + weights, no optimizer or trainer state). File formats:
-:mod:`hubert_lit.checkpoint`."""
+full-precision one as a plain model file (config + weights, no optimizer or trainer state). Options: the parts kept
+in full precision at 16 bits, and the pretraining head left out. File formats: :mod:`hubert_lit.checkpoint`."""
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from hubert_lit.checkpoint import load_model, save_model, save_packed
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.models import HubertModel
+from hubert_lit.profile.counters import storage
 from hubert_lit.quant.binarize import quantized_layers
 
 
@@ -31,6 +33,11 @@ class ExportReport:
     fp32_bytes: int  # torch.save of the equivalent FP32 weights
     file_bytes: int
     verified: bool | None  # None: not checked
+    full_precision_bits: int = 32
+    head_dropped: bool = False
+    paper_storage_bytes: float | None = (
+        None  # Table 1's "16-bit + 1-bit" storage of the model (binarized only)
+    )
 
 
 def fp32_state_bytes(model: HubertModel) -> int:
@@ -50,10 +57,28 @@ def fp32_state_bytes(model: HubertModel) -> int:
     return buffer.getbuffer().nbytes
 
 
-def verify_export(model: HubertModel, path: str | os.PathLike, seconds: float = 1.0) -> bool:
-    """Reload ``path`` and check that its features equal ``model``'s on a random waveform (``torch.equal``)."""
+def rounded_copy(model: HubertModel, full_precision_bits: int) -> HubertModel:
+    """``model``, or a copy whose stored float parameters and buffers went through ``full_precision_bits`` (16:
+    float16 and back), i.e. the model an export with those bits holds. Quantized layers' latent weights are not
+    stored (their codes and steps are), so they are left as they are."""
+    if full_precision_bits == 32:
+        return model
+    rounded = copy.deepcopy(model)
+    latent = {f"{name}.weight" for name, _ in quantized_layers(rounded)}
+    with torch.no_grad():
+        for key, value in rounded.state_dict().items():
+            if key not in latent and value.is_floating_point():
+                value.copy_(value.half().float())
+    return rounded
+
+
+def verify_export(
+    model: HubertModel, path: str | os.PathLike, seconds: float = 1.0, full_precision_bits: int = 32
+) -> bool:
+    """Reload ``path`` and check that its features equal those of ``model`` (with its full-precision parts at
+    ``full_precision_bits``) on a random waveform (``torch.equal``)."""
     reloaded = load_model(path)
-    model = model.eval()
+    model = rounded_copy(model, full_precision_bits).eval()
     generator = torch.Generator().manual_seed(0)
     samples = int(SAMPLE_RATE * seconds)
     wave = torch.randn(1, samples, generator=generator)
@@ -65,19 +90,24 @@ def verify_export(model: HubertModel, path: str | os.PathLike, seconds: float = 
 
 
 def export_checkpoint(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, verify: bool = True
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    verify: bool = True,
+    full_precision_bits: int = 32,
+    drop_head: bool = False,
 ) -> ExportReport:
     """Write the inference file of the model in ``checkpoint`` (any file :func:`hubert_lit.load_model` reads) to
-    ``out``: packed when the model is binarized, a plain model file otherwise. ``verify`` reloads it and compares
-    features with the checkpoint's."""
+    ``out``: packed when the model is binarized, a plain model file otherwise. ``full_precision_bits=16`` stores
+    what is not binary at 16 bits, ``drop_head`` leaves out the pretraining head. ``verify`` reloads the file and
+    compares its features with the checkpoint's (with the same 16-bit rounding)."""
     checkpoint, out = Path(checkpoint), Path(out)
     model = load_model(checkpoint)
     layers = list(quantized_layers(model))
     packed = model.quant_spec is not None
     if packed:
-        save_packed(model, out)
+        save_packed(model, out, full_precision_bits, drop_head)
     else:
-        save_model(model, out)
+        save_model(model, out, full_precision_bits, drop_head)
     return ExportReport(
         out=out,
         packed=packed,
@@ -88,5 +118,8 @@ def export_checkpoint(
         checkpoint_bytes=checkpoint.stat().st_size,
         fp32_bytes=fp32_state_bytes(model),
         file_bytes=out.stat().st_size,
-        verified=verify_export(model, out) if verify else None,
+        verified=verify_export(model, out, full_precision_bits=full_precision_bits) if verify else None,
+        full_precision_bits=full_precision_bits,
+        head_dropped=drop_head,
+        paper_storage_bytes=storage(model).paper_bytes if packed else None,
     )

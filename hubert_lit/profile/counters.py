@@ -19,11 +19,14 @@ Conventions (each one is also printed under every table, see :data:`hubert_lit.p
   32 x 32 bits.
 * Estimated A100 time: ``(BOP_NonQ / 312 + BOP_BQ / 4992) / 1024`` seconds (312 TFLOPS FP16, 4992 TOPS binary),
   the formula that reproduces every row of the paper's Table 1.
+* Measured latency of the deployed model at 1 and 2 threads: the FP32 model itself, or a W1A1 model on the binary
+  runtime (real 1-bit popcount kernels, :mod:`hubert_lit.quant.runtime`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from collections import defaultdict
@@ -37,7 +40,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from hubert_lit.constants import SAMPLE_RATE
 from hubert_lit.models import HubertModel
 from hubert_lit.models.attention import MultiHeadAttention
+from hubert_lit.quant.binarize import calibrating_scales
 from hubert_lit.quant.modules import BinaryConv1d, BinaryLinear
+from hubert_lit.quant.runtime import is_binary_runtime, to_binary_runtime
 
 PAPER_STORAGE_BITS = 16  # the paper's storage convention for every non-binarized parameter
 LOW_BIT_LIMIT = 16  # a MAC is "quantized" when both operands have fewer bits than this
@@ -48,6 +53,7 @@ GIB = 2**30
 MB = 1e6
 G = 1e9
 PARTS = ("frontend", "positional", "encoder", "head", "other")
+RUNTIME_THREADS = (1, 2)  # thread counts of the measured deployed latency
 
 _FRONTEND_MODULES = ("feature_extractor", "feature_projection")
 _HEAD_NAMES = ("mask_embedding", "final_proj", "label_embeddings")
@@ -377,6 +383,36 @@ def cpu_latency(
     return statistics.median(wall), statistics.median(cpu)
 
 
+def deployed_model(model: HubertModel, waveforms: Tensor, lengths: Tensor) -> tuple[str, nn.Module] | None:
+    """(runtime name, model) of what a deployment runs: ``("fp32", model)`` for a full-precision model, and for a
+    W1A1 model ``("binary", a copy on the binary runtime)``; its uninitialised activation scales (an untrained
+    model, e.g. a preset binarized for profiling) are set from ``waveforms`` first. None for other
+    quantizations, or when the binary kernels are unavailable (the runtime then warns once)."""
+    spec = model.quant_spec
+    if spec is None:
+        return "fp32", model
+    if spec.name != "W1A1" or waveforms.device.type != "cpu":
+        return None
+    deployed = copy.deepcopy(model).eval()
+    with calibrating_scales(deployed) as pending, torch.no_grad():
+        if pending:
+            deployed.extract_features(waveforms, lengths)
+    deployed = to_binary_runtime(deployed)
+    return ("binary", deployed) if is_binary_runtime(deployed) else None
+
+
+def latency_at(
+    model: nn.Module, waveforms: Tensor, lengths: Tensor, threads: int, runs: int = 3
+) -> tuple[float, float]:
+    """:func:`cpu_latency` with ``threads`` torch intra-op threads (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return cpu_latency(model, waveforms, lengths, runs=runs)
+    finally:
+        torch.set_num_threads(previous)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # one row of Table 1
 
@@ -417,6 +453,9 @@ class ModelProfile:
     cpu_latency_ms: float | None = None
     cpu_time_ms: float | None = None
     cpu_threads: int = 0
+    runtime: str | None = None  # what the measured latency ran: "fp32" or "binary" (1-bit kernels)
+    runtime_latency_ms_1t: float | None = None
+    runtime_latency_ms_2t: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -441,7 +480,8 @@ def profile_model(
     seed: int = 0,
 ) -> ModelProfile:
     """Profile ``model`` (a :class:`hubert_lit.models.HubertModel`, binarized or not) on one utterance of
-    ``seconds`` of random audio at 16 kHz, batch 1, in eval mode. ``latency_runs = 0`` skips the timing."""
+    ``seconds`` of random audio at 16 kHz, batch 1, in eval mode. ``latency_runs = 0`` skips the timing: the model
+    as given at the current thread count, and the deployed model (:func:`deployed_model`) at 1 and 2 threads."""
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
     num_samples = round(seconds * SAMPLE_RATE)
@@ -460,6 +500,11 @@ def profile_model(
         latency = (
             cpu_latency(model, waveforms, lengths, runs=latency_runs) if latency_runs > 0 else (None, None)
         )
+        deployed = deployed_model(model, waveforms, lengths) if latency_runs > 0 else None
+        runtime_latency = {
+            threads: latency_at(deployed[1], waveforms, lengths, threads, latency_runs)[0]
+            for threads in (RUNTIME_THREADS if deployed is not None else ())
+        }
     finally:
         model.train(was_training)
 
@@ -510,4 +555,7 @@ def profile_model(
         cpu_latency_ms=latency[0],
         cpu_time_ms=latency[1],
         cpu_threads=torch.get_num_threads(),
+        runtime=deployed[0] if deployed is not None else None,
+        runtime_latency_ms_1t=runtime_latency.get(1),
+        runtime_latency_ms_2t=runtime_latency.get(2),
     )

@@ -45,6 +45,9 @@ COLUMNS: dict[str, str] = {
     "bop_bits_g": "bop_bits_g",
     "cpu_time_ms": "cpu_time_ms",
     "cpu_threads": "cpu_threads",
+    "runtime": "runtime",
+    "runtime_latency_ms_1t": "runtime_latency_ms_1t",
+    "runtime_latency_ms_2t": "runtime_latency_ms_2t",
 }
 PAPER_COLUMNS = (
     "paper_storage_mb",
@@ -89,6 +92,12 @@ FOOTNOTES: dict[str, str] = {
     "cpu_threads threads; cpu_time_ms: median process CPU time of the same passes (all threads; steadier "
     "than wall time on a shared machine). Binarization is simulated in FP32 (quantize, then an FP32 matmul), "
     "so quantized rows are not faster; they are slower.",
+    "runtime_latency": "runtime_latency_ms_1t / _2t: median wall time of the same feature extraction with 1 and 2 "
+    "threads of the deployed model (runtime): the FP32 model for FP rows, the binary runtime for W1A1 rows "
+    "(weights bit-packed, XNOR/AND-popcount GEMMs, hubert_lit.quant.runtime; front end, norms, softmax, "
+    "depthwise convolutions and the relative-position term in FP32). Empty for other quantizations or "
+    "without the binary kernels. Measured on this machine, not comparable with the A100 estimate; the speed-up "
+    "columns divide the FP row's measured time by the BQ row's, at the same thread count.",
     "paper": "paper_*: the paper's Table 1 as printed (its input length is not stated); paper_asr_wer: ASR WER "
     "of the paper's own runs in its Table 2.",
 }
@@ -169,27 +178,49 @@ def _pair(ours, paper, digits: int = 2) -> str:
     return f"{_fmt(ours, digits)} ({_fmt(paper, digits)})" if paper is not None else _fmt(ours, digits)
 
 
+def _runtime_cells(profile: ModelProfile, fp: ModelProfile | None) -> tuple[str, str]:
+    """(measured ms at 1 / 2 threads, speed-up against the FP row: estimated and measured at 1 / 2 threads)."""
+    if profile.runtime_latency_ms_1t is None:
+        return "", ""
+    measured = f"{_fmt(profile.runtime_latency_ms_1t, 0)} / {_fmt(profile.runtime_latency_ms_2t, 0)}"
+    if fp is None or fp is profile or fp.runtime_latency_ms_1t is None:
+        return measured, ""
+    estimated = fp.est_time_a100_1e4s / profile.est_time_a100_1e4s
+    ratios = [
+        _fmt(a / b, 1) + "x" if a and b else ""
+        for a, b in (
+            (fp.runtime_latency_ms_1t, profile.runtime_latency_ms_1t),
+            (fp.runtime_latency_ms_2t, profile.runtime_latency_ms_2t),
+        )
+    ]
+    return measured, f"{estimated:.1f}x / {ratios[0]} / {ratios[1]}"
+
+
 def table1_markdown(profiles: Sequence[ModelProfile]) -> str:
     """Our Table 1 with the paper's values in parentheses, a breakdown table, and the conventions."""
     rows = profile_rows(profiles, with_paper=True)
+    by_name = {p.model: p for p in profiles}
     seconds = ", ".join(sorted({f"{p.seconds:g}" for p in profiles}))
     lines = [
         f"### Table 1, ours at {seconds} s of audio (the paper's value in parentheses)",
         "",
         "| model | precision | params (M) | storage MB, FP32 + 1-bit | storage MB, 16-bit + 1-bit | paper storage MB "
-        "| FLOP G | MAC-equiv. G | BOP_NonQ G | BOP_BQ G | est. A100 time 1e-4 s | CPU wall / CPU time ms "
-        "| ASR WER (paper) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FLOP G | MAC-equiv. G | BOP_NonQ G | BOP_BQ G | est. A100 time 1e-4 s | CPU wall / CPU time ms (BQ: simulated) "
+        "| ASR WER (paper) | measured ms, 1 / 2 threads (FP32; BQ: binary runtime) "
+        "| speed-up vs FP32: est. A100 / 1 / 2 threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, r in zip(profiles, rows):
         latency = f"{_fmt(p.cpu_latency_ms, 0)} / {_fmt(p.cpu_time_ms, 0)}" if p.cpu_latency_ms else ""
+        fp = by_name.get(p.model.removeprefix("bq_")) if p.model.startswith("bq_") else None
+        measured, speedup = _runtime_cells(p, fp)
         lines.append(
             f"| {p.model} | {p.precision} | {p.params / 1e6:.2f} | {_fmt(p.storage_mb)} | "
             f"{_fmt(p.storage_mb_paper_convention)} | {_fmt(r['paper_storage_mb'])} | {_fmt(p.flop_g)} | "
             f"{_pair(p.flop_g / 2, r['paper_flop_g'])} | {_pair(p.bop_nonq_g, r['paper_bop_nonq_g'])} | "
             f"{_pair(p.bop_bq_g if p.bop_bq_g else None, r['paper_bop_bq_g'])} | "
             f"{_pair(p.est_time_a100_1e4s, r['paper_est_time_a100_1e-4s'])} | {latency} | "
-            f"{_fmt(r['paper_asr_wer'])} |"
+            f"{_fmt(r['paper_asr_wer'])} | {measured} | {speedup} |"
         )
     lines += [
         "",

@@ -27,6 +27,7 @@ binarizer, no minimum offset). The spec is stored on the model as ``model.quant_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import nn
@@ -183,6 +184,22 @@ def activation_quantizers(model: nn.Module) -> Iterator[tuple[str, ActivationQua
     for name, module in model.named_modules():
         if isinstance(module, ActivationQuantizer):
             yield name, module
+
+
+@contextmanager
+def calibrating_scales(model: nn.Module) -> Iterator[int]:
+    """Inside the block, forward passes set every uninitialised activation scale from their batch, as the first
+    training batch would, while the rest of the model stays as it is (eval mode: no dropout, no LayerDrop). For
+    profiling and timing untrained models; yields how many scales it will set."""
+    pending = [q for _, q in activation_quantizers(model) if not q.is_initialized()]
+    modes = [q.training for q in pending]
+    for quant in pending:
+        quant.train()
+    try:
+        yield len(pending)
+    finally:
+        for quant, mode in zip(pending, modes):
+            quant.train(mode)
 
 
 def quantized_layers(model: nn.Module) -> Iterator[tuple[str, BinaryLinear | BinaryConv1d]]:

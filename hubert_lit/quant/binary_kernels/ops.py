@@ -47,6 +47,12 @@ def use_fallback():
         _force_fallback = previous
 
 
+def kernels_in_use() -> bool:
+    """True when calls made now run the compiled kernels: the extension is available (building it on first call)
+    and no :func:`use_fallback` block is active."""
+    return not _force_fallback and extension.kernels_available()
+
+
 def _ops():
     if not _force_fallback and extension.kernels_available():
         return torch.ops.hubert_lit_bits
@@ -129,6 +135,40 @@ def pack_unsigned(x: Tensor, alpha: float | Tensor, shift: Tensor | None = None)
     """Pack unsigned ``{0, a}`` activations ``(..., k)``: bit = ``round((x + shift) / a)`` clamped to {0, 1},
     with ``a = max(alpha, 1e-5)`` as in the elastic quantizer."""
     return _pack_rows(x, shift, unsigned_threshold(alpha))
+
+
+def pack_softmax(scores: Tensor, alpha: float | Tensor, allowed: Tensor | None = None) -> BitRows:
+    """The unsigned ``{0, a}`` quantizer's bits of ``softmax(scores)`` over the last dim, without writing the
+    probabilities: ``(..., n)`` float32 scores (at most 4 dims) -> rows of ``n`` bits, bit = ``p >= t`` with ``t``
+    as in :func:`pack_unsigned`. Entries where ``allowed`` (bool, the scores' dims, dim -3 of size 1 or the
+    scores') is False are left out, as a ``-inf`` score would be.
+
+    One pass over the scores: row max, ``exp`` and its sum in registers and L1, then the decisions. The kernels'
+    float32 ``exp`` (a polynomial) and summation order are their own, identical on every path and in the
+    fallback, so a probability within an ulp or two of ``t`` may be decided differently from ``torch.softmax``.
+    """
+    if scores.dtype != torch.float32:
+        raise TypeError(f"binary kernels pack float32 tensors, got {scores.dtype}")
+    if not 1 <= scores.dim() <= 4:
+        raise ValueError(f"softmax scores must have 1 to 4 dims, got {scores.dim()}")
+    n = scores.shape[-1]
+    if allowed is not None:
+        expected = (
+            (*scores.shape[:-3], None, *scores.shape[-2:]) if scores.dim() >= 3 else tuple(scores.shape)
+        )
+        if (
+            allowed.dim() != scores.dim()
+            or any(e is not None and a != e for a, e in zip(allowed.shape, expected))
+            or (scores.dim() >= 3 and allowed.shape[-3] not in (1, scores.shape[-3]))
+        ):
+            raise ValueError(
+                f"allowed must be a bool mask of the scores' shape {tuple(scores.shape)} (dim -3 may be 1), "
+                f"got {tuple(allowed.shape)}"
+            )
+        allowed = allowed.contiguous()
+    words = torch.empty((*scores.shape[:-1], row_words(n)), dtype=torch.uint64)
+    _ops().softmax_pack(scores.contiguous(), allowed, unsigned_threshold(alpha), words)
+    return BitRows(words, n)
 
 
 def pack_signed_panels(x: Tensor, shift: Tensor | None = None) -> BitPanels:

@@ -49,16 +49,63 @@ def _to_panels(bits: Tensor) -> Tensor:
     return _as_uint32_bits(words.unflatten(1, (-1, PANEL)).transpose(-1, -2))
 
 
+def _to_rows(bits: Tensor) -> Tensor:
+    """(..., k) bools -> (..., 2 ceil(k / 64)) int32 words of the rows layout."""
+    words = _words(bits)
+    return _as_uint32_bits(
+        torch.nn.functional.pad(words, (0, 2 * row_words(bits.shape[-1]) - words.shape[-1]))
+    )
+
+
 def pack_rows(x: Tensor, shift: Tensor | None, threshold: float, panels: bool, out: Tensor) -> None:
     """Fallback of ``torch.ops.hubert_lit_bits.pack_rows`` (see csrc/binary_kernels.h: PackRowsArgs)."""
     bits = decide(_as_4d(x), shift, threshold).flatten(0, 1)  # (batches, rows, k)
-    k = bits.shape[-1]
-    if panels:
-        result = _to_panels(bits)
-    else:
-        words = _words(bits)
-        result = _as_uint32_bits(torch.nn.functional.pad(words, (0, 2 * row_words(k) - words.shape[-1])))
+    result = _to_panels(bits) if panels else _to_rows(bits)
     out.view(torch.int32).view(-1).copy_(result.reshape(-1))
+
+
+# csrc/binary_kernels.h: exp_poly and its constants, as float32 tensors so that every operation rounds to float32
+_F32 = torch.float32
+_LOG2E = torch.tensor(1.44269504088896341, dtype=_F32)
+_LN2_HI = torch.tensor(0.693359375, dtype=_F32)
+_LN2_LO = torch.tensor(-2.12194440e-4, dtype=_F32)
+_EXP_MIN = -87.0
+_EXP_COEFF = [torch.tensor(1.0, dtype=_F32) / k for k in (1, 1, 2, 6, 24, 120, 720, 5040)]
+_SUM_LANES = 16
+
+
+def exp_poly(x: Tensor) -> Tensor:
+    """The kernels' float32 ``exp`` for ``x`` in [-87, 0], operation for operation (no fused multiply-add)."""
+    n = torch.round(x * _LOG2E)  # half to even, as nearbyint
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = torch.full_like(x, float(_EXP_COEFF[7]))
+    for coeff in reversed(_EXP_COEFF[:7]):
+        p = p * r + coeff
+    scale = ((n.to(torch.int32) + 127) << 23).view(_F32)
+    return p * scale
+
+
+def softmax_pack(scores: Tensor, allowed: Tensor | None, threshold: float, out: Tensor) -> None:
+    """Fallback of ``torch.ops.hubert_lit_bits.softmax_pack`` (csrc/binary_kernels.h: SoftmaxPackArgs): the same
+    max, exp, 16-lane sum and tree reduction, reciprocal and comparison, so the bits are identical."""
+    s = _as_4d(scores)
+    ok = torch.ones_like(s, dtype=torch.bool) if allowed is None else _as_4d(allowed).bool().expand_as(s)
+    top = s.masked_fill(~ok, float("-inf")).amax(dim=-1, keepdim=True)
+    x = s - top
+    keep = ok & (x >= _EXP_MIN)  # also False for NaN (a row with nothing allowed)
+    e = torch.where(keep, exp_poly(x.clamp(min=_EXP_MIN, max=0.0)), torch.zeros((), dtype=_F32))
+    n = e.shape[-1]
+    lanes = torch.nn.functional.pad(e, (0, -n % _SUM_LANES)).unflatten(-1, (-1, _SUM_LANES))
+    total = torch.zeros_like(lanes[..., 0, :])
+    for chunk in range(lanes.shape[-2]):  # lane l sums entries l, l + 16, ... in order
+        total = total + lanes[..., chunk, :]
+    width = _SUM_LANES // 2
+    while width >= 1:
+        total = total[..., :width] + total[..., width : 2 * width]
+        width //= 2
+    bits = (e * torch.reciprocal(total)) >= threshold
+    out.view(torch.int32).view(-1).copy_(_to_rows(bits.flatten(0, 1)).reshape(-1))
 
 
 def pack_cols(x: Tensor, shift: Tensor | None, threshold: float, out: Tensor) -> None:

@@ -10,7 +10,9 @@
 // Padding bits (beyond K) and padding columns (beyond N) are zero in both layouts.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace hubert_lit_bits {
 
@@ -83,16 +85,33 @@ struct GemmArgs {
   int64_t out_stride_b0, out_stride_b1, out_stride_row;
 };
 
+// Softmax rows binarized by the unsigned {0, a} quantizer, without writing the probabilities: for each row of n
+// scores (flat index over (b0, b1, rows)), with entries where `allowed` is 0 left out (probability 0),
+//   m = max s_j,  e_j = exp(s_j - m),  Z = sum e_j,  bit j = e_j * (1 / Z) >= threshold   (allowed j only)
+// in float32. exp is the polynomial of exp_poly() below with the same operations on every path, and Z is summed in
+// kSumLanes lanes (lane l takes entries l, l + 16, l + 32, ... in order) reduced by sum_lanes(), so every path
+// makes identical decisions (torch's softmax rounds differently, so a probability within an ulp or two of the
+// threshold may fall the other way there). Output: rows layout (b0 * b1 * rows, row_words32(n)).
+struct SoftmaxPackArgs {
+  const float* scores;     // contiguous (b0 * b1 * rows, n)
+  const uint8_t* allowed;  // null, or contiguous (b0, mask_b1, rows, n) with mask_b1 = 1 (shared) or b1
+  int64_t b1, mask_b1, rows, n;
+  Threshold threshold;
+  uint32_t* out;
+};
+
 // Each kernel handles a contiguous range of units; the op layer splits units over the torch thread pool.
 using PackRowsFn = void (*)(const PackRowsArgs&, int64_t row_begin, int64_t row_end);  // flat (b0, b1, row)
 using PackColsFn = void (*)(const PackColsArgs&, int64_t unit_begin, int64_t unit_end);  // flat (b0, b1, panel, word)
 using GemmFn = void (*)(const GemmArgs&, int64_t batch, int64_t row_begin, int64_t row_end);
+using SoftmaxPackFn = void (*)(const SoftmaxPackArgs&, int64_t row_begin, int64_t row_end);  // flat (b0, b1, row)
 
 struct KernelTable {
   const char* name;
   PackRowsFn pack_rows;
   PackColsFn pack_cols;
   GemmFn gemm;
+  SoftmaxPackFn softmax_pack;
 };
 
 // ------------------------------------------------------------------------------------- shared addressing
@@ -122,6 +141,56 @@ inline WordSink pack_rows_sink(const PackRowsArgs& a, int64_t flat) {
 
 // Number of valid bits in word j of a K-bit row (0 < count <= 32).
 inline int bits_in_word(int64_t k, int64_t j) { return static_cast<int>(min64(32, k - 32 * j)); }
+
+// ----------------------------------------------------------------------------------- softmax: shared arithmetic
+// exp(x) for x in [kExpMin, 0]: n = nearest(x log2 e), r = (x - n ln2_hi) - n ln2_lo (n ln2_hi exact: ln2_hi has 11
+// significant bits), e^r by Horner on the Taylor series to r^7 (|r| <= ln2 / 2: truncation 5e-9, below float32
+// rounding), times 2^n built in the exponent bits (n >= -126: normal). Below kExpMin the entry counts as 0 (it is
+// < 1.7e-38, invisible next to the row maximum's e^0 = 1, and its probability is below any threshold). Every
+// path computes exactly these float32 operations, in this order, without fused multiply-add (-ffp-contract=off).
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kExpMin = -87.0f;
+constexpr float kExpCoeff[8] = {1.0f, 1.0f, 0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040};
+constexpr int kSumLanes = 16;
+
+constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: (v + magic) - magic rounds |v| < 2^22 half to even
+
+inline float exp_poly(float x) {  // x in [kExpMin, 0]
+  const float n = (x * kLog2e + kRoundMagic) - kRoundMagic;  // = nearbyint(x log2 e), the vector paths' rounding
+  float r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = kExpCoeff[7];  // Horner, written out (a loop here keeps compilers from vectorizing callers)
+  p = p * r + kExpCoeff[6];
+  p = p * r + kExpCoeff[5];
+  p = p * r + kExpCoeff[4];
+  p = p * r + kExpCoeff[3];
+  p = p * r + kExpCoeff[2];
+  p = p * r + kExpCoeff[1];
+  p = p * r + kExpCoeff[0];
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Fixed pairwise reduction of the kSumLanes partial sums: (l, l + 8), then (l, l + 4), (l, l + 2), (l, l + 1).
+inline float sum_lanes(float lanes[kSumLanes]) {
+  for (int width = kSumLanes / 2; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] = lanes[l] + lanes[l + width];
+  }
+  return lanes[0];
+}
+
+// First score and first mask byte (or null) of row `flat` (over (b0, b1, rows)).
+inline const float* softmax_row(const SoftmaxPackArgs& a, int64_t flat) { return a.scores + flat * a.n; }
+inline const uint8_t* allowed_row(const SoftmaxPackArgs& a, int64_t flat) {
+  if (!a.allowed) return nullptr;
+  const int64_t bb = flat / a.rows, r = flat % a.rows;
+  const int64_t mask_batch = (bb / a.b1) * a.mask_b1 + (a.mask_b1 == 1 ? 0 : bb % a.b1);
+  return a.allowed + (mask_batch * a.rows + r) * a.n;
+}
 
 // Each returns nullptr when the translation unit was compiled for another architecture.
 const KernelTable* generic_kernels();

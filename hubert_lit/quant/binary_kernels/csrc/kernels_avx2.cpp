@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <vector>
 
 #define HLB_TARGET __attribute__((target("avx2,popcnt")))
@@ -205,7 +206,72 @@ HLB_TARGET void gemm(const GemmArgs& g, int64_t batch, int64_t r0, int64_t r1) {
   }
 }
 
-const KernelTable kTable{"avx2", pack_rows, pack_cols, gemm};
+// exp_poly() on 8 lanes, x in [kExpMin, 0]: the same float32 operations in the same order.
+HLB_TARGET HLB_INLINE __m256 exp8(__m256 x) {
+  const __m256 n =
+      _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Hi)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Lo)));
+  __m256 p = _mm256_set1_ps(kExpCoeff[7]);
+  for (int i = 6; i >= 0; --i) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kExpCoeff[i]));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// All-ones lanes for entries j .. j + 7 that exist (j + i < n) and the mask row allows.
+HLB_TARGET HLB_INLINE __m256i allowed8(const uint8_t* ok, int64_t j, int64_t n) {
+  const __m256i lanes = lane_mask(n - j);
+  if (!ok) return lanes;
+  uint8_t bytes[8] = {};
+  for (int64_t i = 0; i < 8 && j + i < n; ++i) bytes[i] = ok[j + i];
+  const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+  return _mm256_andnot_si256(_mm256_cmpeq_epi32(wide, _mm256_setzero_si256()), lanes);
+}
+
+HLB_TARGET void softmax_pack(const SoftmaxPackArgs& a, int64_t begin, int64_t end) {
+  const int64_t n = a.n, row_words = row_words32(n), chunks = (n + 15) / 16;
+  std::vector<float> e(16 * chunks);
+  const __m256 lo = _mm256_set1_ps(kExpMin), threshold = _mm256_set1_ps(a.threshold.value);
+  const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
+  for (int64_t flat = begin; flat < end; ++flat) {
+    const float* s = softmax_row(a, flat);
+    const uint8_t* ok = allowed_row(a, flat);
+    uint32_t* out = a.out + flat * row_words;
+    for (int64_t j = 0; j < row_words; ++j) out[j] = 0;
+    __m256 vmax = minus_inf;
+    for (int64_t j = 0; j < 16 * chunks; j += 8) {
+      const __m256i lanes = allowed8(ok, j, n);
+      const __m256 v = _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(s + j, lanes), _mm256_castsi256_ps(lanes));
+      vmax = _mm256_max_ps(vmax, v);
+    }
+    float maxima[8];
+    _mm256_storeu_ps(maxima, vmax);
+    float m = maxima[0];
+    for (int i = 1; i < 8; ++i) m = maxima[i] > m ? maxima[i] : m;
+    if (m == -INFINITY) continue;  // nothing allowed: every probability is 0
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // lanes 0-7 and 8-15 of the 16 partial sums
+    for (int64_t j = 0; j < 16 * chunks; j += 8) {
+      __m256i lanes = allowed8(ok, j, n);
+      const __m256 x = _mm256_sub_ps(_mm256_maskload_ps(s + j, lanes), vm);
+      lanes = _mm256_and_si256(lanes, _mm256_castps_si256(_mm256_cmp_ps(x, lo, _CMP_GE_OQ)));
+      const __m256 v = _mm256_and_ps(exp8(_mm256_max_ps(x, lo)), _mm256_castsi256_ps(lanes));
+      _mm256_storeu_ps(e.data() + j, v);
+      acc[(j / 8) % 2] = _mm256_add_ps(acc[(j / 8) % 2], v);
+    }
+    float lane_sums[kSumLanes];
+    _mm256_storeu_ps(lane_sums, acc[0]);
+    _mm256_storeu_ps(lane_sums + 8, acc[1]);
+    const __m256 inv = _mm256_set1_ps(1.0f / sum_lanes(lane_sums));
+    for (int64_t j = 0; j < 16 * chunks; j += 8) {
+      const __m256 prob = _mm256_mul_ps(_mm256_loadu_ps(e.data() + j), inv);
+      const uint32_t on = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(prob, threshold, _CMP_GE_OQ)));
+      out[j / 32] |= on << (j % 32);
+    }
+  }
+}
+
+const KernelTable kTable{"avx2", pack_rows, pack_cols, gemm, softmax_pack};
 
 }  // namespace
 

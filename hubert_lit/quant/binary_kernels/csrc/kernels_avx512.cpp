@@ -7,6 +7,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <vector>
 
 #define HLB_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vpopcntdq,popcnt")))
@@ -186,7 +187,62 @@ HLB_TARGET void gemm(const GemmArgs& g, int64_t batch, int64_t r0, int64_t r1) {
   }
 }
 
-const KernelTable kTable{"avx512", pack_rows, pack_cols, gemm};
+// exp_poly() on 16 lanes, x in [kExpMin, 0]: the same float32 operations in the same order.
+HLB_TARGET HLB_INLINE __m512 exp16(__m512 x) {
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Hi)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Lo)));
+  __m512 p = _mm512_set1_ps(kExpCoeff[7]);
+  for (int i = 6; i >= 0; --i) p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpCoeff[i]));
+  // p * 2^n in one instruction: the same correctly rounded product as multiplying by the exact float 2^n
+  return _mm512_scalef_ps(p, n);
+}
+
+// `lanes` restricted to the entries the mask row allows (all of them without a mask).
+HLB_TARGET HLB_INLINE __mmask16 allowed16(const uint8_t* ok, __mmask16 lanes) {
+  if (!ok) return lanes;
+  return _mm_mask_cmpneq_epi8_mask(lanes, _mm_maskz_loadu_epi8(lanes, ok), _mm_setzero_si128());
+}
+
+HLB_TARGET void softmax_pack(const SoftmaxPackArgs& a, int64_t begin, int64_t end) {
+  const int64_t n = a.n, row_words = row_words32(n), chunks = (n + 15) / 16;
+  std::vector<float> e(16 * chunks);
+  const __m512 lo = _mm512_set1_ps(kExpMin), threshold = _mm512_set1_ps(a.threshold.value);
+  for (int64_t flat = begin; flat < end; ++flat) {
+    const float* s = softmax_row(a, flat);
+    const uint8_t* ok = allowed_row(a, flat);
+    uint32_t* out = a.out + flat * row_words;
+    for (int64_t j = 0; j < row_words; ++j) out[j] = 0;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __mmask16 lanes = allowed16(ok ? ok + 16 * c : nullptr, lane_mask(n - 16 * c));
+      vmax = _mm512_mask_max_ps(vmax, lanes, vmax, _mm512_maskz_loadu_ps(lanes, s + 16 * c));
+    }
+    const float m = _mm512_reduce_max_ps(vmax);
+    if (m == -INFINITY) continue;  // nothing allowed: every probability is 0
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      __mmask16 lanes = allowed16(ok ? ok + 16 * c : nullptr, lane_mask(n - 16 * c));
+      const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + 16 * c), vm);
+      lanes &= _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+      const __m512 v = _mm512_maskz_mov_ps(lanes, exp16(_mm512_max_ps(x, lo)));
+      _mm512_storeu_ps(e.data() + 16 * c, v);
+      acc = _mm512_add_ps(acc, v);
+    }
+    float lane_sums[kSumLanes];
+    _mm512_storeu_ps(lane_sums, acc);
+    const __m512 inv = _mm512_set1_ps(1.0f / sum_lanes(lane_sums));
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512 prob = _mm512_mul_ps(_mm512_loadu_ps(e.data() + 16 * c), inv);
+      const __mmask16 on = _mm512_cmp_ps_mask(prob, threshold, _CMP_GE_OQ);
+      out[c / 2] |= static_cast<uint32_t>(on) << (16 * (c % 2));
+    }
+  }
+}
+
+const KernelTable kTable{"avx512", pack_rows, pack_cols, gemm, softmax_pack};
 
 }  // namespace
 

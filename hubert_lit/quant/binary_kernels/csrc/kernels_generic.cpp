@@ -1,4 +1,5 @@
 // Portable kernels: plain C++ for any architecture (the compiler may auto-vectorize with its baseline ISA).
+#include <cmath>
 #include <vector>
 
 #include "binary_kernels.h"
@@ -131,7 +132,43 @@ void gemm(const GemmArgs& g, int64_t batch, int64_t r0, int64_t r1) {
   }
 }
 
-const KernelTable kTable{"generic", pack_rows, pack_cols, gemm};
+void softmax_pack(const SoftmaxPackArgs& a, int64_t begin, int64_t end) {
+  const int64_t n = a.n, row_words = row_words32(n), chunks = (n + kSumLanes - 1) / kSumLanes;
+  std::vector<float> e(kSumLanes * chunks, 0.0f);
+  for (int64_t flat = begin; flat < end; ++flat) {
+    const float* s = softmax_row(a, flat);
+    const uint8_t* ok = allowed_row(a, flat);
+    uint32_t* out = a.out + flat * row_words;
+    for (int64_t j = 0; j < row_words; ++j) out[j] = 0;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+      if (!ok || ok[j]) m = s[j] > m ? s[j] : m;
+    }
+    if (m == -INFINITY) continue;  // nothing allowed (or all -inf): every probability is 0
+    float lanes[kSumLanes] = {};
+    for (int64_t c = 0; c < chunks; ++c) {  // 16 independent lanes per chunk, as in the vector paths
+      float* chunk = e.data() + c * kSumLanes;
+      float x[kSumLanes];
+      bool keep[kSumLanes];
+      for (int l = 0; l < kSumLanes; ++l) {
+        const int64_t j = c * kSumLanes + l;
+        const float v = j < n ? s[j] - m : kExpMin - 1.0f;
+        keep[l] = j < n && (!ok || ok[j]) && v >= kExpMin;
+        x[l] = keep[l] ? v : 0.0f;  // in exp_poly's domain
+      }
+      // exp of every lane, then the mask: branch-free, so the compiler vectorizes it
+      for (int l = 0; l < kSumLanes; ++l) chunk[l] = exp_poly(x[l]);
+      for (int l = 0; l < kSumLanes; ++l) chunk[l] = keep[l] ? chunk[l] : 0.0f;
+      for (int l = 0; l < kSumLanes; ++l) lanes[l] = lanes[l] + chunk[l];
+    }
+    const float inv = 1.0f / sum_lanes(lanes);
+    for (int64_t j = 0; j < n; ++j) {
+      if (e[j] * inv >= a.threshold.value) out[j / 32] |= 1u << (j % 32);
+    }
+  }
+}
+
+const KernelTable kTable{"generic", pack_rows, pack_cols, gemm, softmax_pack};
 
 }  // namespace
 

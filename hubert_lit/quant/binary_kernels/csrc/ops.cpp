@@ -207,6 +207,36 @@ void gemm(const at::Tensor& a, const at::Tensor& b, int64_t k, int64_t n, bool a
   });
 }
 
+// scores: contiguous 1-D to 4-D float32 (b0, b1, rows, n); allowed: null or contiguous bool/uint8 (b0, 1 or b1, rows,
+// n); out: rows words (b0 * b1 * rows, row_words32(n)).
+void softmax_pack(const at::Tensor& scores, const std::optional<at::Tensor>& allowed, double threshold_value,
+                  at::Tensor& out) {
+  TORCH_CHECK(scores.device().is_cpu() && scores.scalar_type() == at::kFloat && scores.dim() >= 1 &&
+                  scores.dim() <= 4 && scores.is_contiguous(),
+              "binary kernels: softmax scores must be a contiguous 1-D to 4-D float32 CPU tensor");
+  const int64_t b0 = size4(scores, 0), b1 = size4(scores, 1), rows = size4(scores, 2), n = size4(scores, 3);
+  TORCH_CHECK(n > 0, "binary kernels: cannot take the softmax of rows of 0 entries");
+  check_words(out, b0 * b1 * rows * row_words32(n), "packed output");
+  int64_t mask_b1 = 1;
+  const uint8_t* mask = nullptr;
+  if (allowed.has_value()) {
+    const at::Tensor& m = *allowed;
+    TORCH_CHECK(m.device().is_cpu() && (m.scalar_type() == at::kBool || m.scalar_type() == at::kByte) &&
+                    m.is_contiguous() && m.dim() == scores.dim(),
+                "binary kernels: the softmax mask must be a contiguous bool tensor with the scores' dims");
+    mask_b1 = size4(m, 1);
+    TORCH_CHECK(size4(m, 0) == b0 && (mask_b1 == 1 || mask_b1 == b1) && size4(m, 2) == rows && size4(m, 3) == n,
+                "binary kernels: the softmax mask must be (b0, 1 or b1, rows, n) for scores ", scores.sizes(),
+                ", got ", m.sizes());
+    mask = static_cast<const uint8_t*>(m.const_data_ptr());
+  }
+  TORCH_CHECK(threshold_value > 0, "binary kernels: the probability threshold must be positive");
+  const SoftmaxPackArgs args{scores.const_data_ptr<float>(), mask, b1, mask_b1, rows, n,
+                             threshold(threshold_value), static_cast<uint32_t*>(out.mutable_data_ptr())};
+  const SoftmaxPackFn fn = active_table()->softmax_pack;
+  at::parallel_for(0, b0 * b1 * rows, grain(n * 16), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+}
+
 }  // namespace
 }  // namespace hubert_lit_bits
 
@@ -217,6 +247,8 @@ TORCH_LIBRARY(hubert_lit_bits, lib) {
   lib.def(
       "gemm(Tensor a, Tensor b, int k, int n, bool and_mode, Tensor? scale, Tensor? bias, Tensor(a!) out) -> ()",
       &hubert_lit_bits::gemm);
+  lib.def("softmax_pack(Tensor scores, Tensor? allowed, float threshold, Tensor(a!) out) -> ()",
+          &hubert_lit_bits::softmax_pack);
   lib.def("isa() -> str", &hubert_lit_bits::isa);
   lib.def("set_isa(str name) -> str", &hubert_lit_bits::set_isa);
   lib.def("supported_isas() -> str[]", &hubert_lit_bits::supported_isas);
