@@ -6,25 +6,30 @@ content:
 * **model file** (:func:`save_model`): ``{"format": "hubert-lit-model/1", "config": HubertConfig dict,
   "state_dict": {...}}``, plus ``"quant_spec"`` (a ``QuantSpec`` dict) for a binarized model. Config and weights
   only: the file to hand to ``evaluate``, ``profile`` or the s3prl upstream.
-* **packed export** (:func:`save_packed`)::
+* **packed export** (:func:`save_packed`): the config, the quant spec and two entries,
 
-      {"format": "hubert-lit-packed/1", "config": {...}, "quant_spec": {...},
-       "state_dict": {every full-precision entry: front end, norms, biases, activation scales and shifts, ...},
-       "packed": {"<layer>": {"bits": b, "shape": [...], "codes": uint8 tensor, "step": float32 tensor}}}
+  - ``"state_dict"``: every full-precision entry (front end, norms, biases, activation scales and shifts, ...);
+  - ``"packed"``: ``{"<layer>": {"bits": b, "shape": [...], "codes": uint8 tensor, "step": float32 tensor}}``.
 
   ``codes`` are the b-bit weight codes packed by :func:`hubert_lit.quant.packing.pack_codes`; a weight is
   ``(code - 2**(b-1) + 1/2) * step`` (``step`` per tensor, or per output channel where the spec says so), the
   value the quantized layer computes, so a reloaded model's outputs equal the checkpoint's exactly. The latent
   full-precision weights are not stored: a packed file is for inference, not for further distillation.
 
-  Two export options change the content, not the format name (files written without them hold the same entries
-  as before, and the loader reads both): ``"full_precision_bits": 16`` marks a file whose ``state_dict``
-  floats are float16 (``export --full-precision-bits 16``: the front end, norms, biases, activation scales and
-  shifts at 16 bits, Table 1's "16-bit + 1-bit" storage; ``step`` stays float32); the loader upcasts them to
-  float32, so the model computes with the 16-bit values exactly. ``export --drop-head`` leaves out the
-  pretraining head (mask embedding, final projection, label embeddings) and stores ``num_classes: 0``: a
-  feature-extraction model. Both apply to model files too. The tensors of a packed export are views of one
-  storage per dtype, which ``torch.save`` writes as one record each (readers see the same dict).
+  Two layouts hold those entries. :func:`packed_payload` returns them as plain dicts under
+  ``{"format": "hubert-lit-packed/1", "config": {...}, "quant_spec": {...}, "state_dict": ..., "packed": ...}``,
+  which is also what files written before the bundled layout hold. :func:`save_packed` writes
+  ``"hubert-lit-packed/2"``: the same config and spec, with both entries bundled by
+  :mod:`hubert_lit.tensor_bundle` into ``"tensors"`` (one flat tensor per dtype) and ``"index"`` (their names
+  and shapes, compressed), so a file with ~1,400 small tensors does not carry ~130 bytes of pickle per tensor.
+  The loader reads both layouts.
+
+  Two export options change the content, not the layout: ``"full_precision_bits": 16`` marks a file whose
+  ``state_dict`` floats are float16 (``export --full-precision-bits 16``: the front end, norms, biases,
+  activation scales and shifts at 16 bits, Table 1's "16-bit + 1-bit" storage; ``step`` stays float32); the
+  loader upcasts them to float32, so the model computes with the 16-bit values exactly. ``export --drop-head``
+  leaves out the pretraining head (mask embedding, final projection, label embeddings) and stores
+  ``num_classes: 0``: a feature-extraction model. Both apply to model files too.
 * **Lightning checkpoint** of a suite module (``.ckpt``): Lightning's own keys plus :data:`CONFIG_KEY` (the
   resolved ``HubertConfig``), :data:`QUANT_SPEC_KEY` (binarized students), :data:`COUNTERS_KEY` (the module's
   counters), :data:`RNG_KEY` (every rank's random states) and :data:`DATA_KEY` (the fingerprint of the training
@@ -55,9 +60,12 @@ from hubert_lit.quant.binarize import apply_stored_spec, binarize, quantized_lay
 from hubert_lit.quant.packing import pack_codes, unpack_codes
 from hubert_lit.quant.runtime import RUNTIMES, is_binary_runtime, to_binary_runtime
 from hubert_lit.quant.spec import QuantSpec
+from hubert_lit.tensor_bundle import bundle, unbundle
 
 MODEL_FORMAT = "hubert-lit-model/1"
-PACKED_FORMAT = "hubert-lit-packed/1"
+PACKED_FORMAT = "hubert-lit-packed/2"  # what save_packed writes: the entries bundled (tensor_bundle)
+PACKED_ENTRIES_FORMAT = "hubert-lit-packed/1"  # the entries as plain dicts: packed_payload, older files
+PACKED_BUNDLED = ("state_dict", "packed")  # the entries a bundled file stores in "tensors" + "index"
 FULL_PRECISION_BITS = (32, 16)  # what a file may store the parts kept in full precision at
 HEAD_PREFIXES = ("mask_embedding", "final_proj.", "label_embeddings")  # the pretraining head's state entries
 
@@ -90,7 +98,7 @@ def file_kind(payload: Any, source: str = "<payload>") -> str:
     if isinstance(payload, Mapping):
         if payload.get("format") == MODEL_FORMAT:
             return "model"
-        if payload.get("format") == PACKED_FORMAT:
+        if payload.get("format") in (PACKED_FORMAT, PACKED_ENTRIES_FORMAT):
             return "packed"
         if CONFIG_KEY in payload and "state_dict" in payload:
             return "lightning"
@@ -102,7 +110,8 @@ def file_kind(payload: Any, source: str = "<payload>") -> str:
     else:
         found = type(payload).__name__
     raise ValueError(
-        f"{source} is not a hubert-lit model file (expected format {MODEL_FORMAT!r} or {PACKED_FORMAT!r}, or a "
+        f"{source} is not a hubert-lit model file (expected format {MODEL_FORMAT!r}, {PACKED_FORMAT!r} or "
+        f"{PACKED_ENTRIES_FORMAT!r}, or a "
         f"hubert-lit Lightning checkpoint; found {found!r})"
     )
 
@@ -244,28 +253,11 @@ def save_model(
 
 
 # ----------------------------------------------------------------------------------------------- packed exports
-def _one_storage_per_dtype(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same tensors as views of one flat storage per dtype. ``torch.save`` writes a record (~300 bytes of zip
-    headers and alignment) per storage, not per tensor: with hundreds of small tensors (biases, scales, shifts)
-    this keeps a packed file within a few per cent of its data. Readers see ordinary tensors."""
-    groups: dict[torch.dtype, list[str]] = {}
-    for key, value in tensors.items():
-        groups.setdefault(value.dtype, []).append(key)
-    shared = {}
-    for keys in groups.values():
-        flat = torch.cat([tensors[k].reshape(-1) for k in keys])
-        offset = 0
-        for key in keys:
-            count = tensors[key].numel()
-            shared[key] = flat[offset : offset + count].view(tensors[key].shape)
-            offset += count
-    return {key: shared[key] for key in tensors}
-
-
 def packed_payload(
     model: HubertModel, full_precision_bits: int = 32, drop_head: bool = False
 ) -> dict[str, Any]:
-    """The packed-export dict (see the module docstring) of a binarized ``model``."""
+    """The packed export of a binarized ``model`` with its entries as plain dicts (``hubert-lit-packed/1``, see
+    the module docstring); :func:`save_packed` bundles them."""
     _check_savable(model)
     spec = model.quant_spec
     if spec is None:
@@ -284,15 +276,11 @@ def packed_payload(
         }
         skip.update({f"{name}.weight", f"{name}.weight_is_quantized"})
     config, state = _stored(model, skip, full_precision_bits, drop_head)
-    codes = _one_storage_per_dtype({name: entry["codes"] for name, entry in packed.items()})
-    steps = _one_storage_per_dtype({name: entry["step"] for name, entry in packed.items()})
-    for name, entry in packed.items():
-        entry["codes"], entry["step"] = codes[name], steps[name]
     payload = {
-        "format": PACKED_FORMAT,
+        "format": PACKED_ENTRIES_FORMAT,
         "config": config,
         "quant_spec": spec.to_dict(),
-        "state_dict": _one_storage_per_dtype(state),
+        "state_dict": state,
         "packed": packed,
     }
     if full_precision_bits != 32:
@@ -303,13 +291,34 @@ def packed_payload(
 def save_packed(
     model: HubertModel, path: str | os.PathLike, full_precision_bits: int = 32, drop_head: bool = False
 ) -> int:
-    """Write the packed export of ``model`` to ``path`` atomically; returns the file size in bytes."""
-    atomic_torch_save(packed_payload(model, full_precision_bits, drop_head), path)
+    """Write the packed export of ``model`` to ``path`` atomically (``hubert-lit-packed/2``); returns the file
+    size in bytes."""
+    atomic_torch_save(bundled_packed(packed_payload(model, full_precision_bits, drop_head)), path)
     return Path(path).stat().st_size
 
 
+def bundled_packed(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``hubert-lit-packed/1`` dict in the ``/2`` layout that :func:`save_packed` writes."""
+    tensors, index = bundle({key: payload[key] for key in PACKED_BUNDLED})
+    rest = {key: value for key, value in payload.items() if key not in PACKED_BUNDLED}
+    return {**rest, "format": PACKED_FORMAT, "tensors": tensors, "index": index}
+
+
+def packed_entries(payload: Mapping[str, Any], source: str = "<payload>") -> Mapping[str, Any]:
+    """A packed export of either layout as a ``hubert-lit-packed/1`` dict."""
+    if payload.get("format") != PACKED_FORMAT:
+        return payload
+    _require(payload, ("tensors", "index"), PACKED_FORMAT + " file", source)
+    entries = unbundle(payload["tensors"], payload["index"], source)
+    if set(entries) != set(PACKED_BUNDLED):
+        raise ValueError(f"{source}: the bundle holds {sorted(entries)}, expected {list(PACKED_BUNDLED)}")
+    rest = {key: value for key, value in payload.items() if key not in ("tensors", "index")}
+    return {**rest, **entries, "format": PACKED_ENTRIES_FORMAT}
+
+
 def model_from_packed(payload: Mapping[str, Any], source: str = "<payload>") -> HubertModel:
-    """Rebuild the binarized model of a packed export, in eval mode."""
+    """Rebuild the binarized model of a packed export (either layout), in eval mode."""
+    payload = packed_entries(payload, source)
     _require(payload, ("config", "quant_spec", "state_dict", "packed"), "packed export", source)
     model = HubertModel(_config(payload["config"], source))
     binarize(model, QuantSpec.from_dict(dict(payload["quant_spec"])))

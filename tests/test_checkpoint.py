@@ -145,3 +145,70 @@ def test_kind_dispatch():
     assert payload["format"] == MODEL_FORMAT and file_kind(payload) == "model"
     with pytest.raises(ValueError, match="not a hubert-lit model file"):
         file_kind({"format": "something/1"}, "x.pt")
+
+
+def _binarized_tiny() -> torch.nn.Module:
+    from hubert_lit.quant import binarize
+
+    torch.manual_seed(0)
+    return binarize(build_hubert("conformer_s_tiny", num_classes=8)).eval()
+
+
+def test_packed_file_of_the_previous_layout_loads_like_the_bundled_one(tmp_path):
+    """``hubert-lit-packed/1`` (one pickled entry per tensor, what save_packed wrote before the bundle, also at 16
+    bits without head) and today's bundled ``/2`` hold the same model."""
+    from hubert_lit.atomic import atomic_torch_save
+    from hubert_lit.checkpoint import PACKED_ENTRIES_FORMAT, PACKED_FORMAT, packed_payload, save_packed
+
+    model = _binarized_tiny()
+    waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([8000, 6000])
+    for options in ({}, {"full_precision_bits": 16, "drop_head": True}):
+        old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+        atomic_torch_save(packed_payload(model, **options), old)  # the previous writer, verbatim
+        save_packed(model, new, **options)
+        assert torch.load(old, weights_only=True)["format"] == PACKED_ENTRIES_FORMAT
+        stored = torch.load(new, weights_only=True)
+        assert stored["format"] == PACKED_FORMAT and "state_dict" not in stored
+        entries = packed_payload(model, **options)
+        dtypes = {t.dtype for t in entries["state_dict"].values()}
+        dtypes |= {t.dtype for entry in entries["packed"].values() for t in (entry["codes"], entry["step"])}
+        assert len(stored["tensors"]) == len(dtypes)  # one flat tensor per dtype, not one per tensor
+        assert new.stat().st_size < old.stat().st_size
+        with torch.no_grad():
+            want, _ = hubert_lit.load_model(old).extract_features(waves, lengths)
+            got, _ = hubert_lit.load_model(new).extract_features(waves, lengths)
+        assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), options
+
+
+def test_damaged_bundled_packed_file_is_named(tmp_path):
+    import zlib
+
+    from hubert_lit.checkpoint import save_packed
+
+    path = tmp_path / "model.packed.pt"
+    save_packed(_binarized_tiny(), path)
+    good = torch.load(path, weights_only=True)
+
+    def damaged(**changes) -> Path:
+        out = tmp_path / "damaged.pt"
+        torch.save({**good, **changes}, out)
+        return out
+
+    cut_index = good["index"][: good["index"].numel() // 2].clone()
+    with pytest.raises(ValueError, match=r"damaged\.pt: damaged bundle index"):
+        hubert_lit.load_model(damaged(index=cut_index))
+    with pytest.raises(ValueError, match=r"damaged\.pt: hubert-lit-packed/2 file without \['index'\]"):
+        hubert_lit.load_model(_without(good, "index", tmp_path))
+    short = {name: flat[:-1].clone() for name, flat in good["tensors"].items()}
+    with pytest.raises(ValueError, match=r"damaged\.pt: .* lie outside the bundled"):
+        hubert_lit.load_model(damaged(tensors=short))
+    other = zlib.compress(b'{"state_dict": {}}')
+    with pytest.raises(ValueError, match=r"damaged\.pt: the bundle holds \['state_dict'\]"):
+        hubert_lit.load_model(damaged(index=torch.frombuffer(bytearray(other), dtype=torch.uint8)))
+
+
+def _without(payload: dict, key: str, folder: Path) -> Path:
+    out = folder / "damaged.pt"
+    torch.save({k: v for k, v in payload.items() if k != key}, out)
+    return out
