@@ -21,14 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hubert_lit.lit.losses import batch_objective, prediction_terms  # noqa: E402
 from hubert_lit.models import build_hubert  # noqa: E402
+from hubert_lit.profile.paper_tables import ENCODERS  # noqa: E402
 
-TINY = (
-    "vanilla_tiny",
-    "conformer_s_tiny",
-    "squeezeformer_xs_tiny",
-    "sparseformer_dn_s_tiny",
-    "sparseformer_sw_s_tiny",
-)
+TINY = tuple(f"{name}_tiny" for name in ENCODERS)
 
 
 def graph_breaks(preset: str, frontend: str, samples: int = 32000) -> tuple[int, list[str]]:

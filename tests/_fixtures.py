@@ -8,7 +8,9 @@ written in the label-folder format (contract 3) with the suite's own writer.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_gloo_nodes(argv: list[str], cwd: Path, nodes: int = 2, timeout: float = 240) -> list[str]:
+    """Run ``argv`` as ``nodes`` one-process nodes of a gloo group on 127.0.0.1 (Lightning's env-var launch) and
+    return each node's output; fails naming the node when one exits non-zero, kills all on a timeout."""
+    tests = Path(__file__).resolve().parent
+    base = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(nodes),
+        "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+    }
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env={**base, "NODE_RANK": str(node)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in range(nodes)
+    ]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for node, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"node {node} failed:\n{out[-3000:]}"
+    return outputs
 
 
 # ----------------------------------------------------------------------------------------------- test callbacks

@@ -9,8 +9,6 @@ collectives, and the unreadable utterances are counted over both ranks.
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -23,7 +21,7 @@ TESTS = ROOT / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from _fixtures import free_port, make_tone_dataset  # noqa: E402
+from _fixtures import make_tone_dataset, run_gloo_nodes  # noqa: E402
 
 
 @pytest.mark.slow
@@ -70,35 +68,7 @@ def test_two_nodes_end_with_identical_weights(tmp_path):
         '--trainer.callbacks+={"class_path": "_fixtures.PoisonSteps", "init_args": {"steps": [2], "rank": 1}}',
         f'--trainer.callbacks+={{"class_path": "_fixtures.DumpFinalWeights", "init_args": {{"out_dir": "{dump}"}}}}',
     ]
-    port = free_port()
-    procs = []
-    for node in (0, 1):
-        env = {
-            **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "NODE_RANK": str(node),
-            "WORLD_SIZE": "2",
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}",
-            "OMP_NUM_THREADS": "1",
-            "WANDB_MODE": "disabled",
-        }
-        procs.append(
-            subprocess.Popen(
-                argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outputs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        outputs.append(out)
-    for node, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"node {node} failed:\n{out[-3000:]}"
+    outputs = run_gloo_nodes(argv, tmp_path)
     r0 = torch.load(dump / "rank0.pt", weights_only=True)
     r1 = torch.load(dump / "rank1.pt", weights_only=True)
     assert r0["world_size"] == r1["world_size"] == 2

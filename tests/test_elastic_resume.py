@@ -167,7 +167,7 @@ def test_a_state_of_another_batch_plan_is_refused(shards):
 def test_two_gloo_processes_save_and_one_process_resumes(tmp_path):
     """A real DDP run (2 gloo processes) checkpoints mid-epoch; one process resumes it and trains the global
     batches the two would have trained next, then the next epoch."""
-    from _fixtures import cpu_fit_args, free_port, make_tone_dataset
+    from _fixtures import cpu_fit_args, make_tone_dataset, run_gloo_nodes
 
     shards, labels = make_tone_dataset(tmp_path / "data", speakers=2, utterances=8, shard_size=4, seed=0)
     record = tmp_path / "record"
@@ -178,25 +178,7 @@ def test_two_gloo_processes_save_and_one_process_resumes(tmp_path):
         "--config", str(ROOT / "configs/trainer/ddp_cpu_2node.yaml"), *model,
         "--checkpoint.every_n_train_steps=3", callback,
     ]  # fmt: skip
-    port = free_port()
-    procs = []
-    for node in (0, 1):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node),
-               "WORLD_SIZE": "2", "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1",
-               "WANDB_MODE": "disabled"}  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                two, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    for node, p in enumerate(procs):
-        try:
-            out, _ = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0, f"node {node} failed:\n{out[-3000:]}"
+    run_gloo_nodes(two, tmp_path)
     ckpt = tmp_path / "runs" / "two" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (state["epoch"], state["position"], state["world_size"]) == (0, 6, 2)

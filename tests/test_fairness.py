@@ -16,6 +16,7 @@ from torch import nn
 from hubert_lit.models import build_hubert
 from hubert_lit.models.attention import AttentionMask, MultiHeadAttention
 from hubert_lit.models.config import PRESETS, preset
+from hubert_lit.profile.paper_tables import ENCODERS
 from hubert_lit.quant import QuantSpec, binarize
 from hubert_lit.quant.binarize import quantization_plan
 from hubert_lit.quant.modules import ActivationQuantizer, BinaryConv1d, BinaryLinear
@@ -23,14 +24,8 @@ from hubert_lit.quant.spec import LEGACY_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 V010_PLANS = Path(__file__).resolve().parent / "assets" / "v010" / "quantization_plans.json"
-TINY = (
-    "vanilla_tiny",
-    "conformer_s_tiny",
-    "squeezeformer_xs_tiny",
-    "sparseformer_dn_s_tiny",
-    "sparseformer_sw_s_tiny",
-)
-FAMILIES = ("vanilla", "conformer_s", "squeezeformer_xs", "sparseformer_dn_s", "sparseformer_sw_s")
+FAMILIES = ENCODERS
+TINY = tuple(f"{name}_tiny" for name in FAMILIES)
 
 
 def _quantizer(q: nn.Module) -> dict | None:

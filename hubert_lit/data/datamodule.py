@@ -380,16 +380,17 @@ class ShardDataModule(pl.LightningDataModule):
         return 0, 1
 
     def _dataset(
-        self, shards: str, labels: str | None, train: bool, rank: int, world: int
+        self, shards: str, labels: str | None, train: bool, rank: int, world: int, **lengths: Any
     ) -> ShardBatchDataset:
+        """The dataset of one split; ``lengths`` overrides ``max_sample_size``/``min_sample_size``."""
         hp = self.hparams
+        lengths = {"max_sample_size": hp.max_sample_size, "min_sample_size": hp.min_sample_size, **lengths}
         return ShardBatchDataset(
             shards,
             labels,
             train=train,
             budget=self.budget,
-            max_sample_size=hp.max_sample_size,
-            min_sample_size=hp.min_sample_size,
+            **lengths,
             pad=hp.pad if train else True,
             sort_window=hp.sort_window,
             seed=hp.seed,
@@ -419,20 +420,8 @@ class ShardDataModule(pl.LightningDataModule):
         if stage in (None, "predict") and self.predict_dataset is None and hp.predict_shards is not None:
             # Features for labels must cover whole utterances, short ones included: no crop, no length filter
             # beyond the one model frame that 400 samples make.
-            self.predict_dataset = ShardBatchDataset(
-                hp.predict_shards,
-                None,
-                train=False,
-                budget=self.budget,
-                max_sample_size=None,
-                min_sample_size=400,
-                pad=True,
-                sort_window=hp.sort_window,
-                seed=hp.seed,
-                rank=rank,
-                world_size=world,
-                cache_dir=hp.cache_dir,
-                retry=self.retry,
+            self.predict_dataset = self._dataset(
+                hp.predict_shards, None, False, rank, world, max_sample_size=None, min_sample_size=400
             )
             self._report("predict", self.predict_dataset, 0)
 
