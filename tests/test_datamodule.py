@@ -209,6 +209,45 @@ def test_resume_mid_epoch_replays_the_remaining_batches(corpus, workers):
     assert [b[0] for b in next_epoch] == [b[0] for b in fresh] != [b[0] for b in full]
 
 
+def test_release_stops_the_workers_and_keeps_the_position(corpus):
+    """At the end of a fit or on an exception the DataModule releases its loaders: an interrupted pass's workers
+    stop at once (the loader holds the iterator to report its position, which would keep them alive), and the
+    state still says where the pass stood."""
+    root, _ = corpus
+    loader = ShardLoader(dataset(root), batch_size=None, num_workers=2, epoch_fn=lambda: 0)
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    workers = list(it._workers)
+    assert state["position"] == 2 and all(w.is_alive() for w in workers)
+    loader.release()
+    assert not any(w.is_alive() for w in workers)
+    assert loader.state_dict() == state
+    loader.release()  # a second release (teardown after on_exception) does nothing
+    resumed = ShardLoader(dataset(root), batch_size=None, num_workers=0, epoch_fn=lambda: 0)
+    resumed.load_state_dict(loader.state_dict())
+    assert len(as_lists(resumed)) == len(loader) - 2
+
+
+def test_datamodule_releases_its_loaders_on_teardown_and_exception(corpus, monkeypatch):
+    root, _ = corpus
+    dm = ShardDataModule(
+        train_shards=str(root / "shards"),
+        train_labels=str(root / "labels100"),
+        batch_size=2,
+        min_sample_size=MIN,
+        num_workers=0,
+    )
+    released = []
+    monkeypatch.setattr(ShardLoader, "release", lambda self: released.append(self))
+    train, other = dm.train_dataloader(), dm.train_dataloader()
+    dm.on_exception(RuntimeError("boom"))
+    assert {id(loader) for loader in released} == {id(train), id(other)}
+    released.clear()
+    dm.teardown("fit")
+    assert len(released) == 2
+
+
 def test_batches_respect_max_batch_seconds_and_batch_size(corpus):
     root, _ = corpus
     for pad in (False, True):

@@ -8,6 +8,7 @@ through :func:`hubert_lit.cli.lightning_main`, i.e. the real ``python -m hubert_
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -166,9 +167,12 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(tone_data, tmp_pat
         "--trainer.val_check_interval=2",
         "--trainer.limit_val_batches=1.0",
     )
+    before = set(multiprocessing.active_children())
     assert lightning_main(fit_args(tone_data, tmp_path, "straight", 12, *common, num_workers=2)) == 0
     crash = '--trainer.callbacks+={"class_path": "_fixtures.CrashAtStep", "init_args": {"step": 8}}'
     assert lightning_main(fit_args(tone_data, tmp_path, "resumed", 12, *common, crash, num_workers=2)) == 1
+    # the loader workers of both runs were stopped when they ended, the crashed one included, not leaked
+    assert set(multiprocessing.active_children()) <= before
     ckpt_dir = tmp_path / "resumed" / "checkpoints"
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 6
     assert (

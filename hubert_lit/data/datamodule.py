@@ -17,6 +17,7 @@ starts there, whatever the world size and ``num_workers`` are now:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,7 @@ class ShardLoader(DataLoader):
         self.restart_epoch_on_mismatch = False  # see load_state_dict
         self._pass: _Pass | None = None
         self._live = None  # the iterator of the current pass
+        self._released: LoaderPosition | None = None  # the position when release() stopped the pass
 
     # ------------------------------------------------------------------------------------------ passes
 
@@ -113,8 +115,22 @@ class ShardLoader(DataLoader):
         if self._on_pass_start is not None:
             self._on_pass_start(epoch, start)
         self._pass = _Pass(epoch, start, before, self.dataset.pass_length(start))
+        self._released = None
         self._live = super()._get_iterator()
         return self._live
+
+    def release(self) -> None:
+        """Stop the current pass's worker processes now (the end of a fit, or an exception); ``state_dict`` keeps
+        reporting where the pass stood. Holding the iterator for :meth:`position` would otherwise keep its workers
+        alive until the loader itself is collected, and the iterator's own shutdown then waits out each idle
+        worker's 5 s status-check interval."""
+        if self._live is None:
+            return
+        self._released = self.position()
+        live, self._live = self._live, None
+        shutdown = getattr(live, "_shutdown_workers", None)  # only multi-process iterators have workers
+        if shutdown is not None:
+            shutdown()
 
     def __len__(self) -> int:
         """Batches Lightning will take in the current (or next) pass, counted from the start of its epoch; a whole
@@ -147,6 +163,8 @@ class ShardLoader(DataLoader):
             )
         if self._pending is not None:
             return self._pending
+        if self._released is not None:
+            return self._released
         return LoaderPosition(self.dataset.epoch, self.dataset.start, 0, False)
 
     # ------------------------------------------------------------------------------------------ state
@@ -323,6 +341,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.predict_dataset: ShardBatchDataset | None = None
         self._epoch = 0
         self._fingerprint: dict[str, Any] | None = None
+        self._loaders: weakref.WeakSet[ShardLoader] = weakref.WeakSet()  # to stop their workers at the end
         # set by the CLI's --run.allow_data_change: a saved loader position that does not fit the current data
         # restarts its epoch instead of failing
         self.restart_epoch_on_mismatch = False
@@ -489,7 +508,7 @@ class ShardDataModule(pl.LightningDataModule):
     def _loader(self, dataset: ShardBatchDataset, train: bool) -> ShardLoader:
         hp = self.hparams
         extra = {"prefetch_factor": hp.prefetch_factor} if hp.num_workers > 0 else {}
-        return ShardLoader(
+        loader = ShardLoader(
             dataset,
             batch_size=None,  # the dataset yields whole batches
             num_workers=hp.num_workers,
@@ -504,6 +523,20 @@ class ShardDataModule(pl.LightningDataModule):
             steps_fn=self._steps_done if train else None,
             **extra,
         )
+        self._loaders.add(loader)
+        return loader
+
+    def _release_loaders(self) -> None:
+        for loader in list(self._loaders):
+            loader.release()
+
+    def teardown(self, stage: str) -> None:
+        """Stop the loaders' worker processes when the Trainer finishes ``stage``."""
+        self._release_loaders()
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Stop the loaders' worker processes when the run fails (Lightning drops its iterators then)."""
+        self._release_loaders()
 
     def train_dataloader(self) -> ShardLoader:
         if self.train_dataset is None:
